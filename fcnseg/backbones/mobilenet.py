@@ -1,0 +1,31 @@
+"""MobileNetV3-Large: the last block at each of strides 8/16/32 (40, 112 and 960 channels)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from ..normalization import IMAGENET
+
+
+class MobileNetBackbone(nn.Module):
+    # indices in torchvision's mobilenet_v3_large().features after which the stride is 8, 16 and 32
+    TAPS = {6: 8, 12: 16, 16: 32}
+
+    def __init__(self):
+        super().__init__()
+        self.name = "mobilenet_v3_large"
+        self.features = tvm.mobilenet_v3_large(weights=None).features
+        self.out_channels = {8: 40, 16: 112, 32: 960}
+        self.default_normalization = IMAGENET
+
+    def stages(self) -> list[nn.Module]:
+        return list(self.features)
+
+    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        out = {}
+        for i, m in enumerate(self.features):
+            x = m(x)
+            if i in self.TAPS:
+                out[self.TAPS[i]] = x
+        return out

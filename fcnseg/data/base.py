@@ -1,0 +1,127 @@
+"""The dataset contract every reader follows.
+
+A dataset yields ``(image, mask)``: ``image`` a uint8 RGB ``tv_tensors.Image`` (3×H×W), ``mask`` an int64
+``tv_tensors.Mask`` (H×W) of class indices in ``[0, num_classes)`` or ``ignore_index`` (255 by convention).
+Samples are decoded on access (nothing is held in RAM); normalisation happens later, on the device, with the
+model's own ``Normalization``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+
+from ..errors import UserError
+from .io import read_image, read_index_mask
+
+IGNORE_INDEX = 255
+
+
+def default_palette(n: int) -> list[tuple[int, int, int]]:
+    """The PASCAL VOC colour map (bit-interleaved), which gives n distinct colours for any n."""
+    out = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out.append((r, g, b))
+    return out
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Base class: subclasses set ``classes`` (and optionally ``palette``) and implement ``__len__`` and ``load``."""
+
+    name: str = "dataset"
+    classes: Sequence[str] = ()
+    palette: Sequence[tuple[int, int, int]] | None = None
+    ignore_index: int = IGNORE_INDEX
+
+    def __init__(self, root: str | Path | None, split: str, transforms: Callable | None = None):
+        self.root = Path(root) if root is not None else None
+        self.split = split
+        self.transforms = transforms
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def get_palette(self) -> list[tuple[int, int, int]]:
+        return list(self.palette) if self.palette else default_palette(self.num_classes)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode sample ``index`` → (uint8 3×H×W image, int64 H×W mask), before transforms."""
+        raise NotImplementedError  # abstract: every reader implements it
+
+    def describe(self, index: int) -> str:
+        """The file(s) behind sample ``index``, for error messages."""
+        return f"{self.name}[{self.split}][{index}]"
+
+    def __getitem__(self, index: int):
+        image, mask = self.load(index)
+        image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        return image, mask
+
+
+class PairedFileDataset(SegmentationDataset):
+    """A dataset backed by a list of (image path, mask path) pairs; masks are index images remapped by ``lut``.
+
+    Subclasses fill ``self.pairs`` and may override ``read_mask`` (e.g. for .mat files) or set ``self.lut`` — a
+    256-entry (or longer) array mapping raw mask values to train ids (``ignore_index`` for void).
+    """
+
+    lut: np.ndarray | None = None
+
+    def __init__(self, root, split, transforms=None, pairs: list[tuple[Path, Path]] | None = None):
+        super().__init__(root, split, transforms)
+        self.pairs = list(pairs or [])
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def describe(self, index: int) -> str:
+        img, mask = self.pairs[index]
+        return f"{img} / {mask}"
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        return read_index_mask(path)
+
+    def raw_mask(self, index: int) -> np.ndarray:
+        """The mask's stored values, before ``lut`` (``data check`` inspects these)."""
+        return self.read_mask(self.pairs[index][1])
+
+    def to_train_ids(self, raw: np.ndarray) -> np.ndarray:
+        if self.lut is None:
+            return raw.astype(np.int64)
+        if raw.size and int(raw.max()) >= len(self.lut):
+            return np.where(raw < len(self.lut), self.lut[np.minimum(raw, len(self.lut) - 1)], raw).astype(np.int64)
+        return self.lut[raw].astype(np.int64)
+
+    def load(self, index: int):
+        img_path, mask_path = self.pairs[index]
+        image = read_image(img_path)
+        mask = torch.from_numpy(self.to_train_ids(self.raw_mask(index)))
+        if tuple(image.shape[-2:]) != tuple(mask.shape):
+            raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {img_path} is "
+                            f"{image.shape[2]}x{image.shape[1]} (W×H); masks must match their image's size")
+        return image, mask
+
+
+def require_dir(path: Path, what: str, hint: str) -> Path:
+    if not path.is_dir():
+        raise UserError(f"{what} not found: {path} ({hint})")
+    return path
+
+
+def require_nonempty(pairs: list, name: str, split: str, where: Path | str) -> list:
+    if not pairs:
+        raise UserError(f"{name} split {split!r} is empty: no samples found under {where}")
+    return pairs

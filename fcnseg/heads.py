@@ -1,0 +1,118 @@
+"""The FCN head (Long, Shelhamer & Darrell): score layers, skip fusion and upsampling, with the paper's names.
+
+``caffe`` geometry reproduces the authors' prototxts (and pytorch-fcn) to the pixel: unpadded deconvolutions and the
+published crop offsets. ``aligned`` geometry pads each deconvolution by stride/2 so that a k=2s, stride-s kernel maps
+feature j (centred at s*j + s/2 - 0.5 in the input) exactly onto its pixels; the result is cropped to the skip's or
+the input's size, so no magic offsets are needed and the output is always the input size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
+# Caffe crop offsets, from the authors' net.py / pytorch-fcn
+CAFFE_OFFSETS = {"fcn32s": {"out": 19}, "fcn16s": {16: 5, "out": 27}, "fcn8s": {16: 5, 8: 9, "out": 31}}
+# FCN-8s "at-once" scales the skip inputs so that all streams train together from the start (paper, section 4.2)
+ATONCE_SCALE = {16: 0.01, 8: 0.0001}
+
+
+def bilinear_kernel(channels: int, size: int) -> torch.Tensor:
+    """The 2-D bilinear kernel of Caffe's ``upsample_filt``, placed on the diagonal (class c → class c)."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = torch.arange(size, dtype=torch.float64)
+    filt1d = 1 - (og - center).abs() / factor
+    filt = (filt1d[:, None] * filt1d[None, :]).float()
+    w = torch.zeros(channels, channels, size, size)
+    w[range(channels), range(channels)] = filt
+    return w
+
+
+def _fit(x: torch.Tensor, size: tuple[int, int], offset: int = 0) -> torch.Tensor:
+    """Crop ``x`` to ``size`` starting at ``offset``; where it is smaller (Inception's unpadded convolutions),
+    resize it bilinearly instead."""
+    h, w = size
+    if x.shape[-2] >= offset + h and x.shape[-1] >= offset + w:
+        return x[:, :, offset:offset + h, offset:offset + w]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class FCN(nn.Module):
+    """backbone → ``{stride: features}`` → FCN-32s/16s/8s head → logits of the input's size (a plain tensor)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, *, arch: str = "fcn8s", geometry: str = "aligned",
+                 learnable_upsampling: bool = False):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+        self.arch, self.geometry, self.num_classes = arch, geometry, num_classes
+        self.backbone = backbone
+        self.normalization = backbone.default_normalization
+        ch, n = backbone.out_channels, num_classes
+        self.score_fr = nn.Conv2d(ch[32], n, 1)
+        self.skips = {"fcn32s": (), "fcn16s": (16,), "fcn8s": (16, 8), "fcn8s-atonce": (16, 8)}[arch]
+        if 16 in self.skips:
+            self.score_pool4 = nn.Conv2d(ch[16], n, 1)
+        if 8 in self.skips:
+            self.score_pool3 = nn.Conv2d(ch[8], n, 1)
+        pad = geometry == "aligned"
+        up = lambda k, s: nn.ConvTranspose2d(n, n, k, stride=s, padding=s // 2 if pad else 0, bias=False)  # noqa: E731
+        if arch == "fcn32s":
+            self.upscore = up(64, 32)
+        elif arch == "fcn16s":
+            self.upscore2, self.upscore16 = up(4, 2), up(32, 16)
+        else:
+            self.upscore2, self.upscore_pool4, self.upscore8 = up(4, 2), up(4, 2), up(16, 8)
+        self.reset_head()
+        self.set_learnable_upsampling(learnable_upsampling)
+
+    def score_layers(self) -> list[str]:
+        return [name for name in ("score_fr", "score_pool4", "score_pool3") if hasattr(self, name)]
+
+    def upsample_layers(self) -> list[str]:
+        return [n for n in ("upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8") if hasattr(self, n)]
+
+    @torch.no_grad()
+    def reset_head(self) -> None:
+        """Zero score layers (the authors' choice: a fresh head starts by predicting uniform scores) and bilinear
+        deconvolutions."""
+        for name in self.score_layers():
+            getattr(self, name).weight.zero_()
+            getattr(self, name).bias.zero_()
+        for name in self.upsample_layers():
+            m = getattr(self, name)
+            m.weight.copy_(bilinear_kernel(self.num_classes, m.kernel_size[0]))
+
+    def set_learnable_upsampling(self, learnable: bool) -> None:
+        """Fixed bilinear upsampling is the default (the paper found learning it brings little); it stays a
+        parameter, with ``requires_grad`` off, so state dicts match the authors' nets either way."""
+        self.learnable_upsampling = learnable
+        for name in self.upsample_layers():
+            getattr(self, name).weight.requires_grad_(learnable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        caffe = self.geometry == "caffe"
+        offsets = CAFFE_OFFSETS["fcn8s" if self.arch == "fcn8s-atonce" else self.arch] if caffe else {}
+        scale = ATONCE_SCALE if self.arch == "fcn8s-atonce" else {}
+        h = self.score_fr(feats[32])
+        if self.arch == "fcn32s":
+            return _fit(self.upscore(h), size, offsets.get("out", 0))
+        if self.arch == "fcn16s":
+            h = self.upscore2(h)
+            p4 = self.score_pool4(feats[16])
+            if caffe:
+                h = h + _fit(p4, h.shape[-2:], offsets[16])
+            else:  # the upsampled coarse map covers ceil(H/32)*2 >= ceil(H/16) cells: crop it to the skip
+                h = _fit(h, p4.shape[-2:]) + p4
+            return _fit(self.upscore16(h), size, offsets.get("out", 0))
+        h = self.upscore2(h)
+        p4 = self.score_pool4(feats[16] * scale[16] if scale else feats[16])
+        h = h + _fit(p4, h.shape[-2:], offsets[16]) if caffe else _fit(h, p4.shape[-2:]) + p4
+        h = self.upscore_pool4(h)
+        p3 = self.score_pool3(feats[8] * scale[8] if scale else feats[8])
+        h = h + _fit(p3, h.shape[-2:], offsets[8]) if caffe else _fit(h, p3.shape[-2:]) + p3
+        return _fit(self.upscore8(h), size, offsets.get("out", 0))

@@ -1,0 +1,50 @@
+"""``build_model`` and the list of valid (arch, backbone, geometry) combinations."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .backbones import BACKBONES, build_backbone
+from .heads import ARCHS, FCN
+
+GEOMETRIES = ("aligned", "caffe")
+
+
+def list_models() -> list[str]:
+    """Every valid ``arch/backbone[/geometry]`` combination, e.g. ``fcn8s/vgg16/caffe``."""
+    out = []
+    for arch in ARCHS:
+        for bb in BACKBONES:
+            out.append(f"{arch}/{bb}")
+            if bb in ("vgg16", "vgg19"):
+                out.append(f"{arch}/{bb}/caffe")
+    return out
+
+
+def build_model(arch: str, *, backbone: str = "vgg16", num_classes: int, geometry: str = "aligned",
+                pretrained_backbone: str | Path | None = None, learnable_upsampling: bool = False) -> FCN:
+    """Build an FCN mapping N×3×H×W (normalised as ``model.normalization`` says) to N×num_classes×H×W logits.
+
+    ``pretrained_backbone``: ``None`` (random), ``"imagenet"`` (torchvision weights through its weights API and the
+    TORCH_HOME cache), or a path to a weight file of any format :func:`fcnseg.load_weights` reads.
+    """
+    if arch not in ARCHS or backbone not in BACKBONES or geometry not in GEOMETRIES or (
+            geometry == "caffe" and backbone not in ("vgg16", "vgg19")):
+        raise ValueError(f"unknown model {arch}/{backbone}/{geometry}; valid: {', '.join(list_models())}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    model = FCN(build_backbone(backbone, geometry=geometry), num_classes, arch=arch, geometry=geometry,
+                learnable_upsampling=learnable_upsampling)
+    model.backbone_name = backbone
+    if pretrained_backbone is not None:
+        from .weights import load_pretrained_backbone
+        load_pretrained_backbone(model, pretrained_backbone)
+    return model
+
+
+def model_spec(model: nn.Module) -> dict:
+    """What is needed to rebuild ``model`` (stored in checkpoints)."""
+    return {"arch": model.arch, "backbone": model.backbone_name, "num_classes": model.num_classes,
+            "geometry": model.geometry, "learnable_upsampling": model.learnable_upsampling,
+            "normalization": model.normalization.to_dict()}

@@ -1,0 +1,51 @@
+"""Input normalisation that travels with the weights, so prediction never has to guess it."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How a uint8 RGB image becomes the tensor a model expects: scale to ``value_range``, optionally flip to BGR,
+    then ``(x - mean) / std`` per channel (in the model's channel order)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    bgr: bool = False
+    value_range: float = 1.0
+    name: str = "custom"
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (or 0-255 float) ``[..., 3, H, W]`` RGB → normalised float32."""
+        x = image.float() * (self.value_range / 255.0)
+        if self.bgr:
+            x = x.flip(-3)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``__call__``: normalised → uint8 RGB (for visualisation)."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        x = x * std + mean
+        if self.bgr:
+            x = x.flip(-3)
+        return (x * (255.0 / self.value_range)).round().clamp(0, 255).to(torch.uint8)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalization":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# torchvision ImageNet weights
+IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), name="imagenet")
+# The authors' Caffe FCN (and pytorch-fcn): BGR, 0-255, ILSVRC mean pixel
+CAFFE_BGR = Normalization((104.00698793, 116.66876762, 122.67891434), bgr=True, value_range=255.0, name="caffe")
+# torchvision Inception-v3 (transform_input convention: [-1, 1])
+INCEPTION = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), name="inception")
