@@ -1,0 +1,129 @@
+"""Model tests: parity with pytorch-fcn, shapes on every arch × backbone, strides, parameter count."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fcnseg
+from fcnseg.backbones import BACKBONES, build_backbone
+from fcnseg.heads import ARCHS, bilinear_kernel
+from fcnseg.weights.pytorch_fcn import to_pytorch_fcn
+
+TORCHFCN_CLASS = {"fcn32s": "FCN32s", "fcn16s": "FCN16s", "fcn8s": "FCN8s", "fcn8s-atonce": "FCN8sAtOnce"}
+
+
+def randomize_head(model, seed=0):
+    """Score layers start at zero (as the authors'); give them random values so parity is non-trivial."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in model.score_layers():
+            m = getattr(model, name)
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.01)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_caffe_geometry_equals_pytorch_fcn(arch, torchfcn):
+    torch.manual_seed(0)
+    ours = fcnseg.build_model(arch, num_classes=21, geometry="caffe").eval()
+    randomize_head(ours)
+    theirs = getattr(torchfcn.models, TORCHFCN_CLASS[arch])(n_class=21).eval()
+    theirs.load_state_dict(to_pytorch_fcn(ours))  # strict: every name and shape must match theirs
+    for shape in [(1, 3, 227, 311), (2, 3, 200, 150)]:
+        x = torch.randn(shape) * 60  # BGR 0-255 minus mean: values of this order
+        with torch.no_grad():
+            a, b = ours(x), theirs(x)
+        assert a.shape == b.shape == (shape[0], 21, shape[2], shape[3])
+        assert b.abs().max() > 1e-3  # a non-trivial output
+        rel = ((a - b).abs().max() / b.abs().max()).item()
+        assert rel <= 1e-4, f"{arch} {shape}: relative error {rel:.2e}"
+
+
+def test_pytorch_fcn_state_dict_loads_with_load_weights(tmp_path, torchfcn):
+    theirs = torchfcn.models.FCN16s(n_class=21)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_()
+    path = tmp_path / "fcn16s_from_caffe.pth"
+    torch.save(theirs.state_dict(), path)
+    ours = fcnseg.build_model("fcn16s", num_classes=21, geometry="caffe")
+    report = fcnseg.load_weights(ours, path)
+    assert report["missing"] == [] and report["reinitialized"] == []
+    assert torch.equal(ours.backbone.features[28].weight, theirs.conv5_3.weight)
+    assert torch.equal(ours.score_pool4.weight, theirs.score_pool4.weight)
+    assert ours.normalization.bgr and ours.normalization.value_range == 255.0
+    # training checkpoints wrap the state dict; the aligned geometry shares every name and shape
+    torch.save({"epoch": 3, "iteration": 100, "arch": "FCN16s", "model_state_dict": theirs.state_dict(),
+                "best_mean_iu": 0.5}, tmp_path / "checkpoint.pth.tar")
+    aligned = fcnseg.build_model("fcn16s", num_classes=21, geometry="aligned")
+    assert fcnseg.load_weights(aligned, tmp_path / "checkpoint.pth.tar")["missing"] == []
+    assert torch.equal(aligned.backbone.fc6.weight, theirs.fc6.weight)
+
+
+def test_fcn8s_vgg16_has_the_papers_parameter_count():
+    model = fcnseg.build_model("fcn8s", num_classes=21)
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - 134.5e6) < 0.1e6, n
+
+
+def test_upsampling_is_bilinear_and_fixed_unless_asked():
+    model = fcnseg.build_model("fcn8s", backbone="resnet18", num_classes=3)
+    assert torch.equal(model.upscore8.weight, bilinear_kernel(3, 16))
+    assert not model.upscore8.weight.requires_grad and model.score_fr.weight.requires_grad
+    assert model.score_fr.weight.abs().sum() == 0
+    learn = fcnseg.build_model("fcn8s", backbone="resnet18", num_classes=3, learnable_upsampling=True)
+    assert learn.upscore8.weight.requires_grad
+    # a 1-D slice of Caffe's upsample_filt for size 4: [0.25, 0.75, 0.75, 0.25]
+    k = bilinear_kernel(1, 4)[0, 0]
+    assert torch.allclose(k[1], torch.tensor([0.25, 0.75, 0.75, 0.25]) * 0.75)
+
+
+def test_aligned_upsampling_reproduces_a_constant_and_a_ramp():
+    """With zero-padded k=2s deconvs, an upsampled constant stays constant in the interior, and an aligned head
+    reproduces a linear ramp where bilinear interpolation of pixel centres would."""
+    up = torch.nn.ConvTranspose2d(1, 1, 16, stride=8, padding=4, bias=False)
+    with torch.no_grad():
+        up.weight.copy_(bilinear_kernel(1, 16))
+    x = torch.arange(6.0).view(1, 1, 1, 6).expand(1, 1, 6, 6)
+    y = up(x)
+    assert y.shape[-1] == 48
+    ref = torch.nn.functional.interpolate(x, scale_factor=8, mode="bilinear", align_corners=False)
+    assert torch.allclose(y[..., 8:-8, 8:-8], ref[..., 8:-8, 8:-8], atol=1e-5)
+
+
+def test_unknown_names_list_the_valid_choices():
+    with pytest.raises(ValueError, match="valid: .*fcn8s/resnet50"):
+        fcnseg.build_model("fcn4s", num_classes=3)
+    with pytest.raises(ValueError, match="fcn8s/vgg16/caffe"):
+        fcnseg.build_model("fcn8s", backbone="resnet50", geometry="caffe", num_classes=3)
+    assert "fcn8s-atonce/mobilenet_v3_large" in fcnseg.list_models()
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_declared_strides_and_channels(backbone):
+    bb = build_backbone(backbone).eval()
+    size = 320
+    with torch.no_grad():
+        feats = bb(torch.randn(1, 3, size, size))
+    assert set(feats) == {8, 16, 32}
+    for stride, f in feats.items():
+        assert f.shape[1] == bb.out_channels[stride]
+        measured = 2 ** round(math.log2(size / f.shape[-1]))
+        assert measured == stride, (backbone, stride, f.shape)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_backward_any_size(arch, backbone):
+    torch.manual_seed(0)
+    model = fcnseg.build_model(arch, backbone=backbone, num_classes=5)
+    randomize_head(model)
+    x = torch.randn(1, 3, 97, 131, requires_grad=False)
+    y = model(x)
+    assert isinstance(y, torch.Tensor) and y.shape == (1, 5, 97, 131)
+    y.square().mean().backward()
+    assert model.score_fr.weight.grad is not None and model.score_fr.weight.grad.abs().sum() > 0
+    first = next(p for p in model.backbone.parameters() if p.requires_grad)
+    assert first.grad is not None and torch.isfinite(first.grad).all()
