@@ -38,7 +38,8 @@ def safe_torch_load(path: str | Path) -> object:
         raise UserError(f"refusing to load {path}: it contains objects other than tensors and plain containers, "
                         f"which could run code ({first[:160]}); only load files you trust with other tools") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:200]} (truncated or corrupt? re-download "
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        raise UserError(f"cannot read {path}: {first[:200]} (truncated or corrupt? re-download "
                         f"or use an earlier checkpoint)") from None
 
 
@@ -53,7 +54,8 @@ def detect_format(path: str | Path) -> str:
         return "matconvnet"
     if head.startswith(b"\x89HDF"):
         raise UserError(f"{path} is a MATLAB v7.3 (HDF5) file; save it with -v7 (MatConvNet's own files are v5)")
-    if head.startswith(b"PK") or head[:2] == b"\x80\x02":  # torch zip archive or legacy pickle
+    # a torch zip archive, or a pickle of protocol 2-5 (legacy torch.save or a plain pickle.dump): b"\x80" + protocol
+    if head.startswith(b"PK") or head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
         return "torch"
     return "caffemodel"
 

@@ -1,0 +1,213 @@
+"""Training configuration: one dataclass, named recipes, and YAML / flag overrides (recipe → YAML → flags)."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "synthetic"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    data_options: dict = field(default_factory=dict)
+    val_data_options: dict = field(default_factory=dict)  # overrides data_options for validation (e.g. length)
+    crop_size: int | list | None = None
+    resize: int | list | None = None  # fixed resize before augmentation (FCN.tensorflow's 224-256 px)
+    scale_range: list | None = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True
+    color_jitter: float = 0.0
+    workers: int = 2
+    # model
+    arch: str = "fcn8s"
+    backbone: str = "vgg16"
+    geometry: str = "aligned"
+    num_classes: int | None = None  # default: the dataset's
+    pretrained_backbone: str | None = None
+    init_from: str | None = None
+    learnable_upsampling: bool = False
+    trainable: list | None = None  # module scopes to train (e.g. ["score_fr", "upscore", "backbone.fc7"]); rest frozen
+    activation_checkpointing: bool = False
+    # loss
+    ignore_index: int = 255
+    class_weights: str | list | None = None  # a `data stats` JSON path (median-frequency weights) or a list
+    loss_reduction: str = "mean"  # "sum" = the authors' unnormalised loss
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    bias_lr_mult: float = 1.0  # Caffe FCN: biases at 2x lr ...
+    bias_decay: bool = True    # ... and without weight decay
+    batch_size: int = 8
+    accum_steps: int = 1
+    max_iters: int = 1000
+    time_budget: str | float | None = None  # "30m", "90s", "1.5h" or seconds: the run ends itself, evaluates, saves
+    scheduler: str = "poly"  # poly | step | cosine | constant
+    poly_power: float = 0.9
+    step_size: int = 1000
+    step_gamma: float = 0.1
+    warmup_iters: int = 0
+    # speed / numerics
+    amp: str = "none"  # none | bf16 | fp16 (the loss is always computed in fp32)
+    channels_last: bool = False
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    # bookkeeping
+    val_every: int = 500
+    val_max_images: int | None = None  # limit validation during training (final `evaluate` uses all)
+    log_every: int = 10
+    debug: bool = False
+    out: str = "runs/train"
+    resume: str | None = None  # None | "auto" | path to a checkpoint
+    # multi-step recipes: each stage is a dict of overrides run in order, each starting from the previous weights
+    stages: list = field(default_factory=list)
+    recipe: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+# The authors' solver (voc-fcn*/solver.prototxt): SGD momentum 0.99, weight decay 5e-4, unnormalised (summed) loss,
+# batch 1, fixed lr, biases at 2x lr with no decay; upsampling fixed; 16s from 32s, 8s from 16s.
+_CAFFE = dict(data="voc-aug", val_split="seg11valid", optimizer="sgd", momentum=0.99, weight_decay=5e-4,
+              loss_reduction="sum", batch_size=1, scheduler="constant", bias_lr_mult=2.0, bias_decay=False,
+              geometry="caffe", backbone="vgg16", crop_size=None, scale_range=None, hflip=False,
+              pretrained_backbone="imagenet", max_iters=100_000, val_every=4000, workers=4)
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # a small fast FCN on generated scenes: the one-command demo (a few minutes on 2 CPU cores)
+    "demo": dict(data="synthetic", data_options={"length": 2000, "size": [128, 160]},
+                 val_data_options={"length": 60}, arch="fcn8s", backbone="resnet18", optimizer="adamw", lr=2e-3,
+                 weight_decay=1e-4, batch_size=8, crop_size=None, scale_range=[0.75, 1.25], max_iters=250,
+                 scheduler="poly", warmup_iters=20, val_every=100, amp="none", channels_last=True, workers=2),
+    # FCN.tensorflow: VGG19 FCN-8s, Adam 1e-4, batch 2, ADE20K with 151 classes ("0 is a class"), 224-256 px
+    "fcn-tensorflow": dict(data="ade20k", data_options={"zero_is_class": True}, arch="fcn8s", backbone="vgg19",
+                           optimizer="adam", lr=1e-4, weight_decay=0.0, batch_size=2, resize=256, crop_size=224,
+                           scale_range=None, scheduler="constant", max_iters=100_000, val_every=5000,
+                           pretrained_backbone="imagenet"),
+    # FCN-GoogLeNet: Inception-v3 FCN-8s; step 1 trains the new head only, step 2 everything
+    "googlenet-two-step": dict(data="voc-aug", val_split="val", arch="fcn8s", backbone="inception_v3",
+                               optimizer="adam", lr=1e-4, weight_decay=5e-4, batch_size=4, crop_size=320,
+                               pretrained_backbone="imagenet", max_iters=40_000, val_every=2000, stages=[
+                                   {"name": "step1-head", "trainable": ["score_fr", "score_pool4", "score_pool3"],
+                                    "max_iters": 10_000},
+                                   {"name": "step2-all", "trainable": None, "lr": 1e-5},
+                               ]),
+    "caffe-voc-fcn32s": dict(_CAFFE, arch="fcn32s", lr=1e-10),
+    "caffe-voc-fcn16s": dict(_CAFFE, arch="fcn16s", lr=1e-12, pretrained_backbone=None),  # needs --init-from 32s
+    "caffe-voc-fcn8s": dict(_CAFFE, arch="fcn8s", lr=1e-14, pretrained_backbone=None),  # needs --init-from 16s
+    "caffe-voc-fcn8s-atonce": dict(_CAFFE, arch="fcn8s-atonce", lr=1e-10),
+    # the paper's staged training in one command: 32s, then 16s from it, then 8s from that
+    "staged": dict(stages=[{"name": "fcn32s", "arch": "fcn32s"}, {"name": "fcn16s", "arch": "fcn16s"},
+                           {"name": "fcn8s", "arch": "fcn8s"}]),
+    # real data, from scratch on a CPU (tuned in RESULTS.md)
+    "camvid": dict(data="camvid", arch="fcn8s", backbone="resnet18", optimizer="adamw", lr=2e-3, weight_decay=1e-4,
+                   batch_size=8, crop_size=[240, 320], scale_range=[0.5, 1.0], resize=None, color_jitter=0.2,
+                   class_weights=[0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418,
+                                                0.6823, 6.2478, 7.3614],  # SegNet median-frequency
+                   scheduler="poly", warmup_iters=50, max_iters=100_000,
+                   time_budget="30m", val_every=400, val_max_images=30, amp="bf16", channels_last=True),
+    "ccp": dict(data="ccp", arch="fcn8s", backbone="resnet18", optimizer="adamw", lr=2e-3, weight_decay=1e-4,
+                batch_size=8, resize=[320, 212], crop_size=None, scale_range=[0.75, 1.25], color_jitter=0.2,
+                scheduler="poly", warmup_iters=50, max_iters=100_000, time_budget="30m", val_every=400,
+                val_max_images=40, amp="bf16", channels_last=True),
+}
+NEEDS_INIT = {"caffe-voc-fcn16s": "an FCN-32s checkpoint", "caffe-voc-fcn8s": "an FCN-16s checkpoint"}
+
+
+def parse_duration(value: str | float | int | None) -> float | None:
+    """"30m" / "90s" / "1.5h" / 120 → seconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(value))
+    if not m:
+        raise UserError(f"cannot read time budget {value!r}; use e.g. 90s, 30m or 1.5h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Parse a ``--set key=value`` string with YAML rules (numbers, lists, null) and check the key exists."""
+    if name not in FIELDS:
+        raise UserError(f"unknown config key {name!r}; valid: {', '.join(sorted(FIELDS))}")
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    return value
+
+
+def resolve_config(recipe: str | None = None, yaml_path: str | Path | None = None,
+                   overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """recipe → YAML file → overrides (flags win)."""
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise UserError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
+        values.update(RECIPES[recipe])
+        values["recipe"] = recipe
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path} must hold a mapping of config keys")
+        for k, v in loaded.items():
+            values[k] = _coerce(k, v)
+    for k, v in (overrides or {}).items():
+        values[k] = _coerce(k, v)
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    choices = {"optimizer": ("sgd", "adam", "adamw"), "scheduler": ("poly", "step", "cosine", "constant"),
+               "amp": ("none", "bf16", "fp16"), "loss_reduction": ("mean", "sum")}
+    for key, valid in choices.items():
+        if getattr(cfg, key) not in valid:
+            raise UserError(f"unknown {key} {getattr(cfg, key)!r}; valid: {', '.join(valid)}")
+    for key in ("batch_size", "accum_steps", "max_iters", "val_every", "log_every"):
+        if int(getattr(cfg, key)) < 1:
+            raise UserError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.lr <= 0:
+        raise UserError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.resume not in (None, "auto") and not Path(cfg.resume).is_file():
+        raise UserError(f"--resume: checkpoint not found: {cfg.resume} (use --resume auto to continue RUN_DIR)")
+    parse_duration(cfg.time_budget)
+    if cfg.recipe in NEEDS_INIT and not cfg.init_from and not cfg.resume:
+        raise UserError(f"recipe {cfg.recipe} starts from {NEEDS_INIT[cfg.recipe]}: pass --init-from RUN/best.pt")
+
+
+def stage_configs(cfg: TrainConfig) -> list[tuple[str | None, TrainConfig]]:
+    """[(stage name or None, config)] — a multi-step recipe expands into one config per stage."""
+    if not cfg.stages:
+        return [(None, cfg)]
+    out = []
+    for i, stage in enumerate(cfg.stages):
+        stage = dict(stage)
+        name = stage.pop("name", f"stage{i + 1}")
+        for k in stage:
+            _coerce(k, None)
+        out.append((name, dataclasses.replace(cfg, stages=[], **stage)))
+    return out

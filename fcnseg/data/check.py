@@ -1,0 +1,139 @@
+"""``data check``: read every sample once and list what would break or silently spoil training.
+
+Each problem is one line naming the file(s) and the offending values. Nothing here raises: a reader's
+:class:`UserError` (unreadable file, unmapped colour, …) becomes a problem line for that sample.
+"""
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import UserError
+from .base import PairedFileDataset, SegmentationDataset
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _is_jpeg(path: Path) -> bool:
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(3) == JPEG_MAGIC
+    except OSError:
+        return False  # reported as unreadable when the mask is read
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """Fully decode ``path`` with Pillow (which, unlike a lenient decoder, refuses truncated files) → (H, W)."""
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.size[1], im.size[0]
+    except Exception as e:  # Pillow raises OSError/SyntaxError/ValueError/… on corrupt data
+        raise UserError(f"cannot read image {path}: {e.__class__.__name__}: {e} (corrupt or truncated? re-export "
+                        f"or remove it)") from None
+
+
+def _describe_values(raw: np.ndarray, train: np.ndarray, bad: np.ndarray, raw_differs: bool) -> str:
+    vals, counts = np.unique(raw[bad], return_counts=True)
+    parts = []
+    for v, c in list(zip(vals.tolist(), counts.tolist()))[:8]:
+        tid = int(train[bad][raw[bad] == v][0])
+        parts.append(f"raw {v} (→ train id {tid}) at {c} px" if raw_differs else f"{v} at {c} px")
+    return ", ".join(parts) + (" …" if len(vals) > 8 else "")
+
+
+def _check_mask(ds: SegmentationDataset, where: str, raw: np.ndarray, train: np.ndarray,
+                raw_differs: bool) -> list[str]:
+    out = []
+    c, ign = ds.num_classes, ds.ignore_index
+    bad = ((train < 0) | (train >= c)) & (train != ign)
+    if bad.any():
+        out.append(f"{where}: label values outside 0..{c - 1} and ignore {ign}: "
+                   f"{_describe_values(raw, train, bad, raw_differs)}")
+    if c > 2:
+        present = set(np.unique(raw).tolist())
+        if present == {0, 255}:
+            out.append(f"{where}: mask holds only the values 0 and 255 (a black/white binary mask?); 255 is ignored, "
+                       f"so save class indices 0..{c - 1} instead")
+    return out
+
+
+def check_dataset(ds: SegmentationDataset, *, progress: bool = True) -> list[str]:
+    """Read every sample of ``ds`` once; return one line per problem found (empty list: all good)."""
+    from tqdm import tqdm
+
+    problems: list[str] = []
+    n = len(ds)
+    where_split = f"{ds.name} split {ds.split!r}" + (f" in {ds.root}" if ds.root is not None else "")
+    if n == 0:
+        return [f"{where_split} is empty: no samples found"]
+    paired = isinstance(ds, PairedFileDataset)
+    if paired:
+        by_stem: dict[str, list[Path]] = defaultdict(list)
+        for img, _ in ds.pairs:
+            by_stem[Path(img).stem].append(Path(img))
+        for stem, paths in sorted(by_stem.items()):
+            if len(paths) > 1:
+                problems.append(f"duplicate stem {stem!r}: {', '.join(map(str, paths))} (rename or remove one; "
+                                f"masks are matched by stem)")
+    for i in tqdm(range(n), desc=f"check {ds.name}/{ds.split}", file=sys.stderr, disable=not progress,
+                  unit="img", dynamic_ncols=True):
+        try:
+            if paired:
+                img_path, mask_path = (Path(p) for p in ds.pairs[i])
+                where = str(mask_path)
+                if mask_path.suffix.lower() != ".mat" and _is_jpeg(mask_path):
+                    problems.append(f"{mask_path}: mask is a JPEG; lossy compression changes label values near "
+                                    f"edges, so save masks as PNG")
+                size = None
+                try:
+                    size = _image_size(img_path)
+                except UserError as e:
+                    problems.append(str(e))
+                raw = np.asarray(ds.raw_mask(i))
+                if size is not None and tuple(raw.shape[:2]) != size:
+                    problems.append(f"size mismatch: image {img_path} is {size[1]}x{size[0]} but mask {mask_path} is "
+                                    f"{raw.shape[1]}x{raw.shape[0]} (W×H)")
+                train = ds.to_train_ids(raw)
+                problems += _check_mask(ds, where, raw, train, ds.lut is not None)
+            else:
+                where = ds.describe(i)
+                _, mask = ds.load(i)
+                m = mask.numpy()
+                problems += _check_mask(ds, where, m, m, False)
+        except UserError as e:
+            problems.append(str(e))
+        except Exception as e:  # a check must report, not crash: anything else is still one line per sample
+            problems.append(f"{ds.describe(i)}: {e.__class__.__name__}: {e}")
+    return problems
+
+
+def check_split(name: str, root, split: str, *, progress: bool = True, **options) -> list[str]:
+    """Build dataset ``name`` and check it; a construction error (missing folder, empty split) is a problem too."""
+    from . import get_dataset
+    try:
+        ds = get_dataset(name, root, split, **options)
+    except UserError as e:
+        return [str(e)]
+    return check_dataset(ds, progress=progress)
+
+
+def format_report(problems: list[str], ds: SegmentationDataset | None = None, *, limit: int | None = 200) -> str:
+    """A human-readable report: a summary line, then the problems (the first ``limit``)."""
+    what = f"{ds.name} split {ds.split!r} ({len(ds)} samples)" if ds is not None else "dataset"
+    if not problems:
+        return f"{what}: no problems found"
+    lines = [f"{what}: {len(problems)} problem(s)"]
+    shown = problems if limit is None else problems[:limit]
+    lines += [f"  {p}" for p in shown]
+    if len(shown) < len(problems):
+        lines.append(f"  … and {len(problems) - len(shown)} more")
+    return "\n".join(lines)

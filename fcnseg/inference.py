@@ -1,0 +1,128 @@
+"""Prediction on images of any size: ``Predictor`` (the object predict / evaluate / serve use)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger("fcnseg")
+
+
+def select_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` → the local GPU (``LOCAL_RANK`` under torchrun) when there is one, else the CPU."""
+    if name is None or str(name) == "auto":
+        if torch.cuda.is_available():
+            import os
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:  # oneDNN's own test for native bf16 (AVX512-BF16 / AMX); emulated bf16 would be slower than fp32
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def autocast(device: torch.device, amp: str):
+    """``none`` | ``bf16`` | ``fp16`` | ``auto`` (bf16 where native, fp16 on GPUs without bf16, else fp32)."""
+    if amp == "auto":
+        amp = "bf16" if bf16_supported(device) else ("fp16" if device.type == "cuda" else "none")
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+class Predictor:
+    """Wrap a model for fast, safe inference: ``predictor(x)`` maps an N×3×H×W normalised float tensor to
+    float32 logits of the input's size.
+
+    Settings: inference mode and eval mode always; ``amp="auto"`` uses bf16 autocast where the CPU/GPU supports it
+    natively (fp16 on GPUs without bf16); ``channels_last`` (default on) is a measured speed-up for oneDNN and cuDNN
+    convolutions. ``predict_image`` adds whole / sliding-window inference, flips and multi-scale averaging on top.
+    """
+
+    def __init__(self, model: nn.Module, device: str | torch.device | None = None, *, amp: str = "auto",
+                 channels_last: bool = True, compile: bool = False):  # noqa: A002
+        self.device = select_device(device)
+        self.model = model.eval().to(self.device)
+        self.amp = amp
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = self.model
+        if compile:
+            try:
+                self.forward = torch.compile(self.model, dynamic=True)
+            except Exception as e:  # compile is an optimisation: never fail a prediction over it
+                log.warning("torch.compile unavailable (%s); running eagerly", e)
+        self.normalization = model.normalization
+        self.num_classes = model.num_classes
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            out = self.forward(x)
+        return out.float()
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB N×3×H×W → the model's normalised input (on the predictor's device)."""
+        return self.normalization(images.to(self.device))
+
+    @torch.inference_mode()
+    def predict_image(self, images: torch.Tensor, *, scales: Sequence[float] = (1.0,), flip: bool = False,
+                      input_size: Sequence[int] | int | None = None, window: int | None = None,
+                      overlap: float = 1 / 3) -> torch.Tensor:
+        """uint8 RGB N×3×H×W → averaged softmax probabilities N×C×H×W (float32) at the input's resolution.
+
+        ``input_size``: resize to this (H, W) first (a model trained at a fixed size); ``scales``: multi-scale
+        averaging; ``flip``: add horizontally flipped passes; ``window``: sliding-window inference with square tiles
+        of this size (for images too large for memory), ``overlap`` between tiles.
+        """
+        h, w = images.shape[-2:]
+        x0 = self.normalize(images)
+        if input_size:
+            size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+            x0 = F.interpolate(x0, size=size, mode="bilinear", align_corners=False, antialias=True)
+        probs = torch.zeros(images.shape[0], self.num_classes, h, w, device=self.device)
+        for s in scales:
+            x = x0 if s == 1.0 else F.interpolate(x0, scale_factor=s, mode="bilinear", align_corners=False)
+            for flipped in ((False, True) if flip else (False,)):
+                xi = x.flip(-1) if flipped else x
+                logits = self._sliding(xi, window, overlap) if window else self(xi)
+                if flipped:
+                    logits = logits.flip(-1)
+                if logits.shape[-2:] != (h, w):
+                    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                probs += logits.softmax(1)
+        return probs / (len(scales) * (2 if flip else 1))
+
+    def _sliding(self, x: torch.Tensor, window: int, overlap: float) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        stride = max(1, int(window * (1 - overlap)))
+        out = torch.zeros(x.shape[0], self.num_classes, h, w, device=self.device)
+        count = torch.zeros(1, 1, h, w, device=self.device)
+        ys = list(range(0, max(h - window, 0) + 1, stride))
+        xs = list(range(0, max(w - window, 0) + 1, stride))
+        if ys[-1] + window < h:
+            ys.append(h - window)
+        if xs[-1] + window < w:
+            xs.append(w - window)
+        for y in ys:
+            for x0 in xs:
+                tile = x[..., max(y, 0):y + window, max(x0, 0):x0 + window]
+                out[..., max(y, 0):y + window, max(x0, 0):x0 + window] += self(tile)
+                count[..., max(y, 0):y + window, max(x0, 0):x0 + window] += 1
+        return out / count
