@@ -499,15 +499,13 @@ def _add_data(subs):
 
 
 def cmd_data_check(args):
-    from .data import get_dataset
-    from .data.check import check_dataset
-    splits = [args.split] if args.split else ["train", "val"]
+    from .data.check import check_split
+    splits = [args.split] if args.split else (["all"] if args.name == "folder" else ["train", "val"])
     total = 0
     for split in splits:
-        ds = get_dataset(args.name, args.root, split)
-        problems = check_dataset(ds)
+        problems = check_split(args.name, args.root, split)
         total += len(problems)
-        print(f"{args.name} {split}: {len(ds)} samples, {len(problems)} problem(s)")
+        print(f"{args.name} {split}: {len(problems)} problem(s)")
         for p in problems:
             print(f"  {p}")
     if total:

@@ -71,7 +71,8 @@ class TrainConfig:
     debug: bool = False
     out: str = "runs/train"
     resume: str | None = None  # None | "auto" | path to a checkpoint
-    # multi-step recipes: each stage is a dict of overrides run in order, each starting from the previous weights
+    # multi-step recipes: each stage is a dict of overrides run in order, each starting from the previous weights;
+    # a stage's "fraction" sets its max_iters to that share of the recipe's
     stages: list = field(default_factory=list)
     recipe: str | None = None
 
@@ -103,9 +104,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "googlenet-two-step": dict(data="voc-aug", val_split="val", arch="fcn8s", backbone="inception_v3",
                                optimizer="adam", lr=1e-4, weight_decay=5e-4, batch_size=4, crop_size=320,
                                pretrained_backbone="imagenet", max_iters=40_000, val_every=2000, stages=[
-                                   {"name": "step1-head", "trainable": ["score_fr", "score_pool4", "score_pool3"],
-                                    "max_iters": 10_000},
-                                   {"name": "step2-all", "trainable": None, "lr": 1e-5},
+                                   {"name": "step1-head", "trainable": ["head"], "fraction": 0.25},
+                                   {"name": "step2-all", "trainable": None, "lr": 1e-5, "fraction": 0.75},
                                ]),
     "caffe-voc-fcn32s": dict(_CAFFE, arch="fcn32s", lr=1e-10),
     "caffe-voc-fcn16s": dict(_CAFFE, arch="fcn16s", lr=1e-12, pretrained_backbone=None),  # needs --init-from 32s
@@ -207,6 +207,8 @@ def stage_configs(cfg: TrainConfig) -> list[tuple[str | None, TrainConfig]]:
     for i, stage in enumerate(cfg.stages):
         stage = dict(stage)
         name = stage.pop("name", f"stage{i + 1}")
+        if "fraction" in stage:  # a share of the recipe's max_iters, so --max-iters scales every stage
+            stage["max_iters"] = max(1, round(float(stage.pop("fraction")) * cfg.max_iters))
         for k in stage:
             _coerce(k, None)
         out.append((name, dataclasses.replace(cfg, stages=[], **stage)))

@@ -269,6 +269,7 @@ class _Logger:
         self.tb = None
         if not enabled:
             return
+        out.mkdir(parents=True, exist_ok=True)
         self.file = open(out / "log.jsonl", "a")
         try:
             from torch.utils.tensorboard import SummaryWriter

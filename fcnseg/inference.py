@@ -70,6 +70,8 @@ class Predictor:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.model.training:  # the trainer shares this model and switches it back to train mode between uses
+            self.model.eval()
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

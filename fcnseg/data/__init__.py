@@ -40,7 +40,10 @@ def get_dataset(name: str, root: str | Path | None, split: str, transforms: Call
     cls = dataset_class(name)
     if root is None and name != "synthetic":
         raise UserError(f"dataset {name!r} needs --root DIR (the folder holding its files)")
-    return cls(root, split, transforms=transforms, **options)
+    try:
+        return cls(root, split, transforms=transforms, **options)
+    except TypeError as e:  # an option this reader does not take
+        raise UserError(f"dataset {name!r}: {e}") from None
 
 
 __all__ = ["READERS", "get_dataset", "dataset_class", "SegmentationDataset", "PairedFileDataset", "IGNORE_INDEX",

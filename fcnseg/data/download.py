@@ -9,6 +9,7 @@ outside ``root`` (``../`` paths, absolute paths, links pointing out).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tarfile
@@ -145,7 +146,7 @@ def fetch(url: str, dest: Path, *, progress: bool = True, timeout: float = 60.0)
                 while chunk := resp.read(CHUNK):
                     f.write(chunk)
                     bar.update(len(chunk))
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:
             raise UserError(f"download of {url} interrupted ({e}); rerun to resume, or {hint}") from None
     size = part.stat().st_size
     if total is not None and size < total:

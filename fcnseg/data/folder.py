@@ -80,7 +80,9 @@ class FolderDataset(PairedFileDataset):
             raise UserError(f"folder split {split!r} not found: no {base} (valid splits: {valid})")
         layout = self._layout(base)
         if layout is None:
-            raise UserError(f"no images/ + masks/ (or JPEGImages/ + SegmentationClass/) folders in {base}")
+            splits = sorted(p.name for p in self.root.iterdir() if p.is_dir() and self._layout(p))
+            raise UserError(f"no images/ + masks/ (or JPEGImages/ + SegmentationClass/) folders in {base}"
+                            + (f"; splits found: {', '.join(splits)}" if splits and split == "all" else ""))
         img_dir, mask_dirs = layout
         self.color_table: dict[int, int] = {}
         self.classes, self.palette = self._read_classes(base, num_classes)

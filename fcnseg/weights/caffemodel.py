@@ -17,7 +17,6 @@ would take minutes).
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 from pathlib import Path
@@ -27,8 +26,6 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-
-log = logging.getLogger("fcnseg")
 
 # wire types (protobuf encoding spec): varint, 64-bit, length-delimited, 32-bit; 3/4 (groups) never occur in Caffe
 VARINT, FIXED64, BYTES, FIXED32 = 0, 1, 2, 5
@@ -131,7 +128,7 @@ def _blob(buf: bytes, pos: int, end: int, where: str) -> np.ndarray:
                         dims.append(d)
     data = floats or doubles
     values = (np.concatenate(data) if len(data) > 1 else data[0]) if data else np.zeros(0, np.float32)
-    values = values.astype(np.float32 if floats else np.float64)  # a writable, native-endian copy
+    values = values.astype(np.float64 if doubles and not floats else np.float32)  # writable, native-endian
     if dims:
         shape = tuple(dims)
     elif legacy:

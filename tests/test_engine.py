@@ -1,0 +1,111 @@
+"""Training engine: exact resume, two-step and staged recipes, frozen scopes, checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fcnseg
+from fcnseg import engine
+from fcnseg.config import resolve_config
+from fcnseg.engine import load_checkpoint, train
+
+TINY = {"data": "synthetic", "data_options": {"length": 16, "size": [48, 64]}, "val_data_options": {"length": 4},
+        "backbone": "resnet18", "batch_size": 2, "workers": 0, "crop_size": 40, "scale_range": [0.75, 1.25],
+        "optimizer": "sgd", "lr": 0.01, "amp": "none", "pretrained_backbone": None, "log_every": 2}
+
+
+def tiny(tmp_path, name="run", recipe=None, **kw):
+    return resolve_config(recipe, None, {**TINY, "out": str(tmp_path / name), **kw})
+
+
+def test_resume_auto_continues_exactly(tmp_path, monkeypatch):
+    common = dict(max_iters=8, val_every=3, deterministic=True, arch="fcn8s", seed=7)
+    train(tiny(tmp_path, "full", **common), progress=False)
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+
+    real = engine.lr_factor
+
+    def crash_after_6(cfg, iteration, progress):
+        if iteration == 6:  # after the checkpoint at iteration 6; iterations 7-8 must be redone on resume
+            raise KeyboardInterrupt
+        return real(cfg, iteration, progress)
+
+    monkeypatch.setattr(engine, "lr_factor", crash_after_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path, "cut", **common), progress=False)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["iteration"] == 6
+    monkeypatch.setattr(engine, "lr_factor", real)
+    summary = train(tiny(tmp_path, "cut", resume="auto", **common), progress=False)
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert summary["iteration"] == resumed["iteration"] == full["iteration"] == 8
+    assert resumed["finished"] and full["finished"]
+    for k, v in full["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    # and training did change the weights
+    assert not torch.equal(full["model"]["score_fr.weight"], torch.zeros_like(full["model"]["score_fr.weight"]))
+
+
+def test_checkpoint_contents(tmp_path):
+    train(tiny(tmp_path, max_iters=2, val_every=1, arch="fcn32s"), progress=False)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    for key in ("model", "optimizer", "scaler", "iteration", "rng", "best_miou", "config", "classes", "normalization",
+                "model_spec"):
+        assert key in ckpt, key
+    assert ckpt["classes"][0] == "sky" and ckpt["config"]["max_iters"] == 2
+    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "config.yaml").is_file()
+    assert not list((tmp_path / "run").glob(".*tmp*"))  # no temporary files left behind
+    model, _ = engine.model_from_checkpoint(tmp_path / "run" / "best.pt")
+    assert model.arch == "fcn32s" and model.num_classes == 7
+
+
+def test_two_step_recipe_freezes_then_trains_everything(tmp_path):
+    cfg = tiny(tmp_path, recipe="googlenet-two-step", backbone="inception_v3", max_iters=4, val_every=100,
+               crop_size=80, data_options={"length": 8, "size": [80, 96]}, lr=1e-3)
+    torch.manual_seed(cfg.seed)
+    initial = fcnseg.build_model("fcn8s", backbone="inception_v3", num_classes=7).state_dict()
+    train(cfg, progress=False)
+    step1 = load_checkpoint(tmp_path / "run" / "step1-head" / "last.pt")
+    step2 = load_checkpoint(tmp_path / "run" / "step2-all" / "last.pt")
+    assert step1["iteration"] == 1 and step2["iteration"] == 3  # fractions 0.25 / 0.75 of 4
+    for k, v in initial.items():
+        if k.startswith("backbone."):
+            assert torch.equal(step1["model"][k], v), f"frozen {k} changed in step 1"
+    assert not torch.equal(step1["model"]["score_fr.weight"], initial["score_fr.weight"])
+    conv = "backbone.body.Conv2d_1a_3x3.conv.weight"
+    assert not torch.equal(step2["model"][conv], step1["model"][conv]), "step 2 must train the backbone"
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["stage"] == "step2-all"
+
+
+def test_staged_32s_16s_8s(tmp_path, caplog):
+    caplog.set_level("INFO", logger="fcnseg")
+    train(tiny(tmp_path, recipe="staged", max_iters=2, val_every=100), progress=False)
+    archs = [load_checkpoint(tmp_path / "run" / s / "best.pt")["model_spec"]["arch"] for s in
+             ("fcn32s", "fcn16s", "fcn8s")]
+    assert archs == ["fcn32s", "fcn16s", "fcn8s"]
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["model_spec"]["arch"] == "fcn8s"
+    assert f"initialised from {tmp_path / 'run' / 'fcn32s' / 'best.pt'}" in caplog.text
+    assert f"initialised from {tmp_path / 'run' / 'fcn16s' / 'best.pt'}" in caplog.text
+
+
+def test_learning_happens(tmp_path):
+    s = train(tiny(tmp_path, max_iters=30, val_every=100, optimizer="adamw", lr=3e-3, arch="fcn8s",
+                   data_options={"length": 64, "size": [64, 80]}, crop_size=None), progress=False)
+    log = [l for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"loss"' in l]
+    import json
+    losses = [json.loads(l)["loss"] for l in log]
+    assert losses[-1] < 0.75 * losses[0], losses
+    assert s["metrics"]["pixel_accuracy"] > 0.5
+
+
+def test_bad_labels_stop_with_the_file_names(tmp_path, monkeypatch):
+    from fcnseg.data.synthetic import SyntheticDataset
+    real = SyntheticDataset.load
+
+    def broken(self, index):
+        img, m = real(self, index)
+        m[: m.shape[0] // 2] = 42  # wherever the random crop lands, some of it is in the batch
+        return img, m
+
+    monkeypatch.setattr(SyntheticDataset, "load", broken)
+    with pytest.raises(fcnseg.errors.UserError, match=r"label 42 is outside \[0, 7\).*synthetic\[train"):
+        train(tiny(tmp_path, max_iters=2), progress=False)
