@@ -108,12 +108,13 @@ def _data_args(p, required=False):
 def _dataset_for(ckpt, args, split_default=None):
     from .data import get_dataset
     cfg = ckpt.get("config") or {}
-    name = args.data or cfg.get("data")
+    name = args.data or cfg.get("val_data") or cfg.get("data")
     if not name:
         raise UserError("the checkpoint records no dataset: pass --data NAME --root DIR")
-    same = name == cfg.get("data")
+    same = name == (cfg.get("val_data") or cfg.get("data"))
     root = args.root or (cfg.get("root") if same else None)
-    options = {**cfg.get("data_options", {}), **cfg.get("val_data_options", {})} if same else {}
+    options = {} if not same else cfg.get("val_data_options", {}) if cfg.get("val_data") else {
+        **cfg.get("data_options", {}), **cfg.get("val_data_options", {})}
     split = args.split or split_default or (cfg.get("val_split") if same else "val")
     return get_dataset(name, root, split, None, **options)
 

@@ -19,6 +19,7 @@ class TrainConfig:
     root: str | None = None
     train_split: str = "train"
     val_split: str = "val"
+    val_data: str | None = None  # validate on another reader (the paper's seg11valid); default: ``data``
     data_options: dict = field(default_factory=dict)
     val_data_options: dict = field(default_factory=dict)  # overrides data_options for validation (e.g. length)
     crop_size: int | list | None = None
@@ -84,8 +85,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 # The authors' solver (voc-fcn*/solver.prototxt): SGD momentum 0.99, weight decay 5e-4, unnormalised (summed) loss,
 # batch 1, fixed lr, biases at 2x lr with no decay; upsampling fixed; 16s from 32s, 8s from 16s.
-_CAFFE = dict(data="voc-aug", val_split="seg11valid", optimizer="sgd", momentum=0.99, weight_decay=5e-4,
-              loss_reduction="sum", batch_size=1, scheduler="constant", bias_lr_mult=2.0, bias_decay=False,
+_CAFFE = dict(data="voc-aug", val_data="seg11valid", val_split="val", optimizer="sgd", momentum=0.99,
+              weight_decay=5e-4, loss_reduction="sum", batch_size=1, scheduler="constant", bias_lr_mult=2.0, bias_decay=False,
               geometry="caffe", backbone="vgg16", crop_size=None, scale_range=None, hflip=False,
               pretrained_backbone="imagenet", max_iters=100_000, val_every=4000, workers=4)
 
@@ -190,6 +191,13 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("batch_size", "accum_steps", "max_iters", "val_every", "log_every"):
         if int(getattr(cfg, key)) < 1:
             raise UserError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    from .models import list_models
+    for _, stage in stage_configs(cfg) if cfg.stages else [(None, cfg)]:
+        name = f"{stage.arch}/{stage.backbone}" + ("/caffe" if stage.geometry == "caffe" else "")
+        if name not in list_models():
+            raise UserError(f"unknown model {name}; see `fcnseg models` (archs fcn32s, fcn16s, fcn8s, fcn8s-atonce; "
+                            f"backbones vgg16, vgg19, inception_v3, resnet18/34/50/101, mobilenet_v3_large; "
+                            f"geometry caffe only with VGG)")
     if cfg.lr <= 0:
         raise UserError(f"lr must be > 0, got {cfg.lr}")
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).is_file():

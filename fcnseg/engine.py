@@ -355,7 +355,10 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
     train_tf = build_transforms(True, crop_size=cfg.crop_size, scale_range=cfg.scale_range, hflip=cfg.hflip,
                                 color_jitter=cfg.color_jitter, resize=cfg.resize, ignore_index=cfg.ignore_index)
     train_ds = get_dataset(cfg.data, cfg.root, cfg.train_split, train_tf, **cfg.data_options)
-    val_ds = get_dataset(cfg.data, cfg.root, cfg.val_split, None, **{**cfg.data_options, **cfg.val_data_options})
+    if cfg.val_data and cfg.val_data != cfg.data:
+        val_ds = get_dataset(cfg.val_data, cfg.root, cfg.val_split, None, **cfg.val_data_options)
+    else:
+        val_ds = get_dataset(cfg.data, cfg.root, cfg.val_split, None, **{**cfg.data_options, **cfg.val_data_options})
     if len(train_ds) == 0:
         raise UserError(f"{cfg.data} split {cfg.train_split!r} is empty")
     num_classes = cfg.num_classes or train_ds.num_classes

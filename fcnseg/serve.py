@@ -1,0 +1,381 @@
+"""``fcnseg serve``: a small web app and HTTP API around one model (a checkpoint or an exported ``.onnx`` file).
+
+``create_app(path)`` loads the model once and returns a FastAPI app:
+
+* ``GET /`` — one HTML page (plain JS): upload or drop an image → overlay (opacity slider), mask, legend with
+  class names and pixel shares, download of the index PNG.
+* ``POST /segment`` — multipart field ``file``. ``?format=png`` (or ``Accept: image/png``) returns the palette index
+  PNG (pixel value = class index); ``?format=json`` (the default) returns ``width``, ``height``, the ``classes``
+  present (index, name, color, pixels, percent) and base64 PNGs ``mask_png`` (index PNG) and ``overlay_png``.
+* ``GET /healthz`` — JSON model info.
+
+Uploads are bounded (413), must be an image (415) that decodes (400); errors are ``{"error": "..."}``. The uploaded
+file name is only echoed back, sanitised — never used as a path.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import ipaddress
+import json
+import re
+import threading
+import time
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_PIXELS = 40_000_000  # decompression-bomb guard: a 40 MP image is ~120 MB of RGB before the model runs
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers on top of the file itself
+IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"P1", "PBM"), (b"P2", "PGM"),
+               (b"P3", "PPM"), (b"P4", "PBM"), (b"P5", "PGM"), (b"P6", "PPM"))
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def sniff_image(data: bytes) -> str | None:
+    """The image format named by the first bytes, or ``None`` when the data is not an image we decode."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in IMAGE_MAGIC if data.startswith(magic)), None)
+
+
+def safe_name(name: str | None) -> str:
+    """A display-only file name: the last path component, restricted to ``[A-Za-z0-9._-]``."""
+    base = PurePosixPath((name or "").replace("\\", "/")).name
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")[:100]
+    return base or "image"
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Uploaded bytes → uint8 RGB 3×H×W (EXIF orientation applied, as browsers show it); :class:`HTTPError` 415 /
+    400 / 413 for non-images, undecodable images and oversized images."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    kind = sniff_image(data)
+    if kind is None:
+        raise HTTPError(415, f"{name} is not a supported image (PNG, JPEG, GIF, BMP, TIFF, WebP, PNM)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > max_pixels:
+                raise HTTPError(413, f"{name} is {im.width}×{im.height} px; the limit is {max_pixels:,} pixels")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I", "F"):  # 16-bit / float grayscale: rescale to 8 bit
+                a = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray((a * (255.0 / max(a.max(), 255.0))).round().clip(0, 255).astype(np.uint8))
+            arr = np.asarray(im.convert("RGB"))
+    except HTTPError:
+        raise
+    except Image.DecompressionBombError:
+        raise HTTPError(413, f"{name} has too many pixels (decompression bomb guard)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise HTTPError(400, f"cannot decode {name} as {kind}: {str(e).splitlines()[0][:200] or type(e).__name__} "
+                             "(corrupt or truncated file?)") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def png_bytes(im) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def index_png(mask: torch.Tensor, palette) -> bytes:
+    """A palette PNG (pixel value = class index, shown in the class colours), as bytes."""
+    from PIL import Image
+    im = Image.fromarray(mask.to(torch.uint8).numpy(), mode="P")
+    flat = [int(v) for c in palette for v in c][:768]
+    im.putpalette(flat + [0] * (768 - len(flat)))
+    return png_bytes(im)
+
+
+# --------------------------------------------------------------------------------------------------- segmenters
+class TorchSegmenter:
+    """A checkpoint through :class:`fcnseg.inference.Predictor` (the same path ``fcnseg predict`` takes)."""
+
+    def __init__(self, path: Path, device: str = "auto", amp: str = "auto"):
+        from .engine import model_from_checkpoint
+        from .inference import Predictor
+        model, ckpt = model_from_checkpoint(path)
+        self.predictor = Predictor(model, device, amp=amp)
+        self.resize = (ckpt.get("config") or {}).get("resize")
+        self.classes, self.palette = list(model.classes), _palette(model.palette, model.num_classes)
+        self.info = {"format": "checkpoint", "arch": model.arch, "backbone": getattr(model, "backbone_name", None),
+                     "num_classes": model.num_classes, "normalization": model.normalization.to_dict(),
+                     "device": str(self.predictor.device), "iteration": ckpt.get("iteration")}
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        opts = {"input_size": self.resize} if self.resize else {}
+        return self.predictor.predict_image(image[None], **opts)[0].argmax(0).cpu()
+
+
+class OnnxSegmenter:
+    """An ``.onnx`` file written by ``fcnseg export`` (input: float RGB 0..255, normalisation folded in)."""
+
+    def __init__(self, path: Path):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError("serving an .onnx file needs onnxruntime: pip install 'fcnseg[export]'") from None
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise UserError(f"cannot load ONNX model {path}: {str(e).splitlines()[0][:200]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "fcnseg.classes" not in meta:
+            raise UserError(f"{path} has no fcnseg metadata (classes, palette, normalisation): export it with "
+                            "`fcnseg export CKPT --format onnx`")
+        self.classes = json.loads(meta["fcnseg.classes"])
+        self.palette = _palette(json.loads(meta.get("fcnseg.palette", "null")), len(self.classes))
+        self.min_size = int(json.loads(meta.get("fcnseg.min_size", "1")))
+        self.resize = json.loads(meta.get("fcnseg.resize", "null"))
+        norm = json.loads(meta["fcnseg.normalization"])
+        # the RGB 0..255 colour that normalises to zero: padding with it equals the model's zero padding
+        fill = [m * 255.0 / norm.get("value_range", 1.0) for m in norm["mean"]]
+        self.fill = torch.tensor(fill[::-1] if norm.get("bgr") else fill).view(3, 1, 1)
+        spec = json.loads(meta.get("fcnseg.model_spec", "{}"))
+        self.info = {"format": "onnx", "arch": spec.get("arch"), "backbone": spec.get("backbone"),
+                     "num_classes": len(self.classes), "normalization": norm, "device": "cpu (onnxruntime)"}
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+        h, w = image.shape[-2:]
+        x = image.float()[None]
+        if self.resize:
+            size = (self.resize, self.resize) if isinstance(self.resize, int) else tuple(self.resize)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        xh, xw = x.shape[-2:]
+        if xh < self.min_size or xw < self.min_size:  # Inception's minimum input, see fcnseg.export.MIN_SIZE
+            canvas = self.fill.expand(1, 3, max(xh, self.min_size), max(xw, self.min_size)).clone()
+            canvas[..., :xh, :xw] = x
+            x = canvas
+        logits = torch.from_numpy(self.session.run(None, {"image": x.numpy()})[0])[..., :xh, :xw]
+        if (xh, xw) != (h, w):
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return logits[0].argmax(0)
+
+
+def _palette(palette, n: int) -> list[list[int]]:
+    from .data import default_palette
+    palette = [list(map(int, c)) for c in (palette or [])]
+    return palette + [list(c) for c in default_palette(n)][len(palette):n]
+
+
+def load_segmenter(path: str | Path, device: str = "auto", amp: str = "auto"):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file not found: {path} (give a checkpoint .pt or an .onnx written by fcnseg export)")
+    if path.suffix.lower() == ".onnx":
+        return OnnxSegmenter(path)
+    return TorchSegmenter(path, device, amp)
+
+
+# -------------------------------------------------------------------------------------------------------- app
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: reject request bodies over ``limit`` bytes with 413 — by Content-Length before reading,
+    and by counting while streaming (chunked uploads), so an upload is never buffered beyond the limit."""
+
+    def __init__(self, app, limit: int, message: str):
+        self.app, self.limit, self.message = app, limit, message
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await self._reject(send)
+        received, started = 0, False
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send):
+        body = json.dumps({"error": self.message}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(model_path: str | Path, *, max_upload_mb: float = 20.0, device: str = "auto", amp: str = "auto",
+               max_pixels: int = MAX_PIXELS):
+    """The FastAPI app serving ``model_path`` (a checkpoint or an ``.onnx`` export), loaded once, here."""
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.responses import HTMLResponse, JSONResponse, Response
+        from starlette.concurrency import run_in_threadpool
+        from starlette.exceptions import HTTPException as StarletteHTTPException
+        from starlette.formparsers import MultiPartException
+    except ImportError as e:
+        raise UserError(f"fcnseg serve needs {e.name}: pip install 'fcnseg[serve]'") from None
+    from .viz import overlay, to_pil
+
+    segmenter = load_segmenter(model_path, device, amp)
+    limit = int(max_upload_mb * 2**20)
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    lock = threading.Lock()  # one inference at a time: the model is shared and CPU-bound
+    model_info = {"file": Path(model_path).name, **segmenter.info, "classes": segmenter.classes,
+                  "palette": segmenter.palette}
+
+    app = FastAPI(title="fcnseg", version=__import__("fcnseg").__version__, docs_url=None, redoc_url=None)
+    app.state.segmenter = segmenter
+    app.add_middleware(BodyLimit, limit=limit + MULTIPART_OVERHEAD,
+                       message=f"upload too large: the limit is {max_upload_mb:g} MB (restart the server with "
+                               "--max-upload-mb to raise it)")
+
+    def error(status: int, message: str):
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(HTTPError)
+    async def _our_error(request, exc):
+        return error(exc.status, exc.message)
+
+    @app.middleware("http")
+    async def _headers(request, call_next):
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "img-src 'self' data: blob:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'")
+        return response
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "model": model_info, "max_upload_mb": max_upload_mb}
+
+    def run(image: torch.Tensor) -> torch.Tensor:
+        with lock:
+            return segmenter(image)
+
+    @app.post("/segment")
+    async def segment(request: Request, format: str | None = None):  # noqa: A002 - the query parameter's name
+        fmt = _choose_format(format, request.headers.get("accept", ""))
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPError(415, "send the image as multipart/form-data in the field 'file' "
+                                 "(curl -F file=@image.jpg URL/segment)")
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except MultiPartException as e:
+            raise HTTPError(400, f"malformed multipart upload: {e.message}") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPError(400, "no file: send the image in the multipart field 'file'")
+        name = safe_name(upload.filename)
+        data = await upload.read()
+        await form.close()
+        if not data:
+            raise HTTPError(400, f"{name} is empty")
+        image = await run_in_threadpool(decode_image, data, name, max_pixels)
+        t0 = time.perf_counter()
+        mask = await run_in_threadpool(run, image)
+        elapsed = (time.perf_counter() - t0) * 1000
+        stem = name.rsplit(".", 1)[0] or "image"
+        mask_png = index_png(mask, segmenter.palette)
+        if fmt == "png":
+            return Response(mask_png, media_type="image/png",
+                            headers={"Content-Disposition": f'inline; filename="{stem}_mask.png"'})
+        counts = torch.bincount(mask.flatten().long(), minlength=len(segmenter.classes))
+        total = int(mask.numel())
+        present = [{"index": c, "name": _class_name(segmenter.classes, c), "color": _color(segmenter.palette, c),
+                    "pixels": int(counts[c]), "percent": round(100.0 * int(counts[c]) / total, 3)}
+                   for c in counts.argsort(descending=True).tolist() if counts[c] > 0]
+        ov = png_bytes(to_pil(overlay(image, mask, segmenter.palette, 0.5)))
+        return {"filename": name, "width": int(image.shape[-1]), "height": int(image.shape[-2]),
+                "classes": present, "mask_png": base64.b64encode(mask_png).decode("ascii"),
+                "overlay_png": base64.b64encode(ov).decode("ascii"), "elapsed_ms": round(elapsed, 1),
+                "download_name": f"{stem}_mask.png"}
+
+    return app
+
+
+def _class_name(classes, c: int) -> str:
+    return str(classes[c]) if c < len(classes) else str(c)
+
+
+def _color(palette, c: int) -> list[int]:
+    return list(palette[c]) if c < len(palette) else [0, 0, 0]
+
+
+def _choose_format(query: str | None, accept: str) -> str:
+    if query is not None:
+        if query not in ("png", "json"):
+            raise HTTPError(400, f"format must be png or json, got {query!r}")
+        return query
+    accept = accept.lower()
+    if "image/png" in accept and "application/json" not in accept:
+        return "png"
+    return "json"  # the default, also for */*
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+def add_parser(subs, sub) -> None:
+    p = sub(subs, "serve", "a web page and HTTP API (POST /segment, GET /healthz) for a checkpoint or an .onnx "
+            "export", "fcnseg serve runs/camvid/best.pt --port 8000")
+    p.add_argument("model", help="checkpoint (.pt) or ONNX file written by fcnseg export")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (MB)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (checkpoints only)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> None:
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError("fcnseg serve needs uvicorn: pip install 'fcnseg[serve]'") from None
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be 1-65535, got {args.port}")
+    app = create_app(args.model, max_upload_mb=args.max_upload_mb, device=args.device)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"fcnseg serve: {args.model} at http://{host}:{args.port}/ (Ctrl-C to stop)", flush=True)
+    if not _is_loopback(args.host):
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can upload images", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

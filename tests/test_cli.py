@@ -1,0 +1,108 @@
+"""The command line: every command's --help has an example; user errors are one line with exit status 2; the
+evaluate / predict / visualize / plot commands write what they promise."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fcnseg.cli import build_parser, main
+from fcnseg.config import resolve_config
+from fcnseg.engine import train
+
+COMMANDS = ["demo", "train", "evaluate", "predict", "visualize", "plot", "data", "data check", "data stats",
+            "data download", "models", "recipes"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(command.split() + ["--help"])
+    assert e.value.code == 0
+    assert "example:" in capsys.readouterr().out
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fcnseg", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--recipe", "nope"], "unknown recipe 'nope'; valid: demo"),
+    (["train", "--data", "camvid", "--root", "/no/such/dir", "--max-iters", "1"], "/no/such/dir"),
+    (["train", "--data", "nodata"], "unknown dataset 'nodata'; valid: synthetic"),
+    (["train", "--recipe", "demo", "--backbone", "resnet5"], "unknown model fcn8s/resnet5"),
+    (["train", "--recipe", "caffe-voc-fcn16s", "--root", "x"], "--init-from"),
+    (["train", "--recipe", "demo", "--set", "no_such_key=1"], "unknown config key 'no_such_key'"),
+    (["train", "--recipe", "demo", "--time-budget", "soon"], "cannot read time budget 'soon'"),
+    (["evaluate", "/no/such.pt"], "weight file not found: /no/such.pt"),
+    (["predict", "/no/such.pt", "x.png", "--out", "o"], "not found: /no/such.pt"),
+    (["train", "--recipe", "demo", "--max-iters", "zero"], "invalid int value"),
+])
+def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, r.stderr
+    assert message in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = resolve_config("demo", None, {"out": str(out), "max_iters": 3, "val_every": 100, "workers": 0,
+                                        "data_options": {"length": 12, "size": [64, 80]},
+                                        "val_data_options": {"length": 3}, "batch_size": 2})
+    train(cfg, progress=False)
+    return out / "best.pt"
+
+
+def test_evaluate_writes_metrics(checkpoint, tmp_path, capsys):
+    assert main(["evaluate", str(checkpoint), "--out", str(tmp_path / "ev"), "--flip"]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "per_class", "per_image_mean_iou"):
+        assert key in m
+    assert m["images"] == 3 and set(m["per_class"]) == {"sky", "grass", "road", "building", "tree", "car", "person"}
+    assert (tmp_path / "ev" / "metrics.md").read_text().startswith("# synthetic val")
+    assert Image.open(tmp_path / "ev" / "confusion.png").size[0] > 100
+
+
+def test_predict_writes_palette_pngs_and_overlays(checkpoint, tmp_path):
+    imgs = tmp_path / "in"
+    imgs.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)).save(imgs / "a.png")
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(imgs / "grey.jpg")
+    assert main(["predict", str(checkpoint), str(imgs), "--out", str(tmp_path / "out"), "--probs"]) == 0
+    mask = Image.open(tmp_path / "out" / "a.png")
+    assert mask.mode == "P" and mask.size == (53, 37)
+    assert np.asarray(mask).max() < 7
+    assert Image.open(tmp_path / "out" / "grey_overlay.png").size[1] >= 20
+    probs = np.load(tmp_path / "out" / "a.npy")
+    assert probs.shape == (7, 37, 53) and np.allclose(probs.astype(np.float32).sum(0), 1, atol=1e-2)
+
+
+def test_predict_reports_unreadable_inputs(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    assert main(["predict", str(checkpoint), str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.png" in err and "1 of 1 inputs could not be read" in err
+
+
+def test_visualize_and_plot(checkpoint, tmp_path):
+    assert main(["visualize", str(checkpoint), "--n", "2", "--out", str(tmp_path / "grid.png")]) == 0
+    w, h = Image.open(tmp_path / "grid.png").size
+    assert w > 3 * 64 and h >= 2 * 64
+    assert main(["plot", str(checkpoint.parent), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "curves.png").is_file()
+
+
+def test_help_lists_every_command():
+    text = build_parser().format_help()
+    for c in ("demo", "train", "evaluate", "predict", "visualize", "plot", "data"):
+        assert c in text
