@@ -100,7 +100,9 @@ def evaluate(predictor: Predictor, dataset, *, num_classes: int, ignore_index: i
     indices = list(range(dist.rank(), n, dist.world_size()))
     hist = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     hist_crf = torch.zeros_like(hist)
-    per_image = torch.zeros(2, dtype=torch.float64)  # sum of per-image mIoU, count
+    # per-image mIoU by index (NaN-free zeros elsewhere), so the all-reduced sum is exact and ordered as in one process
+    per_image = torch.zeros(n, dtype=torch.float64)
+    counted = torch.zeros(n, dtype=torch.float64)
     bar = _progress(len(indices), "evaluate", progress)
     for i in indices:
         image, mask = dataset[i]
@@ -111,7 +113,7 @@ def evaluate(predictor: Predictor, dataset, *, num_classes: int, ignore_index: i
         hist += h
         m = image_mean_iou(h)
         if not math.isnan(m):
-            per_image += torch.tensor([m, 1.0], dtype=torch.float64)
+            per_image[i], counted[i] = m, 1.0
         if crf:
             from .crf import dense_crf
             hist_crf += confusion_matrix(mask, dense_crf(image, probs[0].cpu()), num_classes, ignore_index)
@@ -119,11 +121,13 @@ def evaluate(predictor: Predictor, dataset, *, num_classes: int, ignore_index: i
     bar.close()
     dist.all_reduce_sum(hist)
     dist.all_reduce_sum(per_image)
+    dist.all_reduce_sum(counted)
     result = {"hist": hist}
     if crf:
         dist.all_reduce_sum(hist_crf)
         result["hist_crf"] = hist_crf
-    result["per_image_mean_iou"] = float(per_image[0] / per_image[1]) if per_image[1] > 0 else float("nan")
+    valid = counted > 0
+    result["per_image_mean_iou"] = float(per_image[valid].mean()) if valid.any() else float("nan")
     result["images"] = n
     return result
 
@@ -346,7 +350,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         resume_ckpt = load_checkpoint(last_path)
     elif cfg.resume not in (None, "auto"):
         resume_ckpt = load_checkpoint(cfg.resume)
-    if resume_ckpt is not None and resume_ckpt.get("finished"):
+    if resume_ckpt is not None and resume_ckpt.get("finished") and resume_ckpt["iteration"] >= cfg.max_iters:
         log.info("%s already finished at iteration %d; nothing to resume", out, resume_ckpt["iteration"])
         return {"out": str(out), "last": str(last_path), "best": str(best_path) if best_path.exists() else None,
                 "iteration": resume_ckpt["iteration"], "best_miou": resume_ckpt.get("best_miou")}
@@ -385,8 +389,12 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
     world = dist.world_size()
     if world > 1:
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            log.info("SyncBatchNorm: %d processes share batch statistics", world)
+            if device.type == "cuda":
+                net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                if dist.is_main():
+                    log.info("SyncBatchNorm: %d processes share batch statistics", world)
+            elif dist.is_main():  # torch's SyncBatchNorm runs on GPUs only
+                log.info("BatchNorm stays per process on CPU (SyncBatchNorm needs GPUs)")
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                                   find_unused_parameters=False)
     base = net.module if world > 1 else net
@@ -433,6 +441,8 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
             epoch, offset = epoch + 1, 0
 
     logger = _Logger(out, main)
+    logger.write({"iter": iteration, "world_size": world, "batch_per_process": batch, "accum_steps": accum,
+                  "global_batch": batch * world * accum, "device": str(device)})
     stream = batches(iteration * accum)
     bar = _progress(cfg.max_iters, f"train{' ' + stage if stage else ''}", progress, initial=iteration)
     predictor = Predictor(base, device, amp=cfg.amp, channels_last=cfg.channels_last)
@@ -561,7 +571,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         log.info("%s after %d iterations (%.0f s): last loss %.4f, val mIoU %.4f, best %.4f", why, iteration,
                  time.monotonic() - t_start, last_loss, metrics["mean_iou"], best_miou)
     return {"out": str(out), "last": str(last_path), "best": str(best_path), "iteration": iteration,
-            "best_miou": best_miou, "metrics": metrics, "loss": last_loss}
+            "best_miou": best_miou, "metrics": metrics, "loss": last_loss, "model": base}
 
 
 def _tb_panel(predictor: Predictor, dataset, val_opts: dict) -> torch.Tensor:
