@@ -48,7 +48,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise UserError(f"cannot write {path}: {e.strerror or e} (free disk space or choose another --out)") from None
 
 
@@ -60,8 +60,16 @@ def atomic_write_text(text: str, path: str | Path) -> None:
         tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _remove_quietly(path: Path) -> None:
+    """Best-effort cleanup while reporting another error (the folder may not even exist: a file stands there)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -149,6 +157,17 @@ class _Seeded(torch.utils.data.Dataset):
         random.seed(seed)
         image, mask = self.dataset[index]
         return image, mask, index
+
+
+def _next_batch(stream):
+    try:
+        return next(stream)
+    except UserError as e:
+        # a DataLoader worker re-raises our error with its traceback in the message: keep the original line
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        if len(lines) > 1:
+            raise UserError(lines[-1].split("UserError: ", 1)[-1]) from None
+        raise
 
 
 def _collate(ignore_index):
@@ -345,6 +364,9 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
     last_path, best_path = out / "last.pt", out / "best.pt"
+    if main:  # temporary files of a process killed while checkpointing (atomic_save): never read, only wasted space
+        for stale in [*out.glob(".last.pt.tmp*"), *out.glob(".best.pt.tmp*")]:
+            _remove_quietly(stale)
     resume_ckpt = None
     if cfg.resume == "auto" and last_path.is_file():
         resume_ckpt = load_checkpoint(last_path)
@@ -461,6 +483,9 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
             return
         state = {"model": base.state_dict(), "model_spec": model_spec(base), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict(), "iteration": iteration, "best_miou": best_miou,
+                 # the schedule is a pure function of (iteration, progress): this records where it stands
+                 "scheduler": {"name": cfg.scheduler, "lr_factor": optimizer.param_groups[0]["lr"] / cfg.lr,
+                               "warmup_iters": cfg.warmup_iters, "max_iters": cfg.max_iters},
                  "used_time": time.monotonic() - t_start, "rng": _rng_state(), "config": cfg_dict,
                  "classes": classes, "palette": [list(c) for c in train_ds.get_palette()] + [
                      [0, 0, 0]] * (num_classes - len(train_ds.get_palette())),
@@ -511,7 +536,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
             optimizer.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for micro in range(accum):
-                images, masks, indices = next(stream)
+                images, masks, indices = _next_batch(stream)
                 images = base.normalization(images.to(device, non_blocking=True))
                 masks = masks.to(device, non_blocking=True)
                 bad = (masks >= num_classes) & (masks != cfg.ignore_index) | (masks < 0)

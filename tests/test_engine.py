@@ -109,3 +109,18 @@ def test_bad_labels_stop_with_the_file_names(tmp_path, monkeypatch):
     monkeypatch.setattr(SyntheticDataset, "load", broken)
     with pytest.raises(fcnseg.errors.UserError, match=r"label 42 is outside \[0, 7\).*synthetic\[train"):
         train(tiny(tmp_path, max_iters=2), progress=False)
+
+
+def test_debug_logs_gradients_tensorboard_and_plot(tmp_path):
+    import json
+
+    from fcnseg.cli import plot_run
+    train(tiny(tmp_path, max_iters=4, val_every=2, debug=True), progress=False)
+    recs = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    grads = [r for r in recs if "grad_norms" in r]
+    assert grads and "backbone.body.conv1.weight" in grads[0]["grad_norms"]
+    assert any("val" in r for r in recs)
+    events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 10_000  # scalars, images and histograms were written
+    written = plot_run(tmp_path / "run", tmp_path / "plots")
+    assert {p.name for p in written} == {"curves.png", "gradient_flow.png"}
