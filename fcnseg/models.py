@@ -13,13 +13,14 @@ GEOMETRIES = ("aligned", "caffe")
 
 def list_models() -> list[str]:
     """Every valid ``arch/backbone[/geometry]`` combination, e.g. ``fcn8s/vgg16/caffe``."""
+    from .baselines import BASELINE_ARCH, BASELINE_BACKBONES
     out = []
     for arch in ARCHS:
         for bb in BACKBONES:
             out.append(f"{arch}/{bb}")
             if bb in ("vgg16", "vgg19"):
                 out.append(f"{arch}/{bb}/caffe")
-    return out
+    return out + [f"{BASELINE_ARCH}/{bb}" for bb in BASELINE_BACKBONES]
 
 
 def build_model(arch: str, *, backbone: str = "vgg16", num_classes: int, geometry: str = "aligned",
@@ -29,6 +30,11 @@ def build_model(arch: str, *, backbone: str = "vgg16", num_classes: int, geometr
     ``pretrained_backbone``: ``None`` (random), ``"imagenet"`` (torchvision weights through its weights API and the
     TORCH_HOME cache), or a path to a weight file of any format :func:`fcnseg.load_weights` reads.
     """
+    from .baselines import BASELINE_ARCH, BASELINE_BACKBONES, TorchvisionFCN
+    if arch == BASELINE_ARCH and backbone in BASELINE_BACKBONES and geometry == "aligned" and num_classes >= 1:
+        model = TorchvisionFCN(backbone, num_classes)  # a peer for comparisons, not an FCN of the paper
+        model.backbone_name = backbone
+        return model
     if arch not in ARCHS or backbone not in BACKBONES or geometry not in GEOMETRIES or (
             geometry == "caffe" and backbone not in ("vgg16", "vgg19")):
         raise ValueError(f"unknown model {arch}/{backbone}/{geometry}; valid: {', '.join(list_models())}")

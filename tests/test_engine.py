@@ -124,3 +124,9 @@ def test_debug_logs_gradients_tensorboard_and_plot(tmp_path):
     assert events and events[0].stat().st_size > 10_000  # scalars, images and histograms were written
     written = plot_run(tmp_path / "run", tmp_path / "plots")
     assert {p.name for p in written} == {"curves.png", "gradient_flow.png"}
+
+
+def test_torchvision_fcn_peer_trains_and_reloads(tmp_path):
+    train(tiny(tmp_path, arch="torchvision-fcn", backbone="resnet50", max_iters=2, val_every=100), progress=False)
+    model, ckpt = engine.model_from_checkpoint(tmp_path / "run" / "best.pt")
+    assert ckpt["model_spec"]["arch"] == "torchvision-fcn" and model(torch.randn(1, 3, 33, 47)).shape == (1, 7, 33, 47)
