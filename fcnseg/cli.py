@@ -275,6 +275,10 @@ def cmd_predict(args):
     model, ckpt = model_from_checkpoint(args.checkpoint)
     files = expand_inputs(args.inputs)
     out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write to output folder {out}: {e.strerror or e} (choose another --out)") from None
     palette = model.palette or __import__("fcnseg.data", fromlist=["default_palette"]).default_palette(
         model.num_classes)
     predictor = Predictor(model, args.device, amp=args.amp)
@@ -310,7 +314,7 @@ def cmd_predict(args):
     if failed:
         for msg in failed:
             print(f"skipped: {msg}", file=sys.stderr)
-        raise UserError(f"{len(failed)} of {len(files)} inputs could not be read (listed above)")
+        raise UserError(f"{len(failed)} of {len(files)} inputs could not be read (listed above), e.g. {failed[0]}")
 
 
 # -------------------------------------------------------------------------------------------------- visualize

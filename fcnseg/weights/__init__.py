@@ -34,11 +34,13 @@ def safe_torch_load(path: str | Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [e.__class__.__name__]
+        # torch's message opens with advice about weights_only=False; the line naming the refused object says more
+        first = next((line for line in lines if "GLOBAL" in line), lines[0])
         raise UserError(f"refusing to load {path}: it contains objects other than tensors and plain containers, "
                         f"which could run code ({first[:160]}); only load files you trust with other tools") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0].split(". ")[0]
         raise UserError(f"cannot read {path}: {first[:200]} (truncated or corrupt? re-download "
                         f"or use an earlier checkpoint)") from None
 
@@ -98,6 +100,10 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
             raise UserError(f"{source}: layer {k} has shape {tuple(v.shape)} but the model expects "
                             f"{tuple(own[k].shape)} (another architecture or backbone?)")
         load[k] = v
+    foreign = [k for k in unexpected if k.startswith("backbone.")]
+    if foreign and not any(k.startswith("backbone.") for k in load):
+        raise UserError(f"{source}: none of its backbone tensors fit this model, e.g. layer {foreign[0]} does not "
+                        f"exist in it (a checkpoint of another backbone? check --backbone)")
     missing = [k for k in own if k not in load and k.split(".")[0] not in reinit]
     if require_all and missing:
         raise UserError(f"{source}: no weights for {len(missing)} model tensors, e.g. {missing[0]} (checkpoint of "
