@@ -12,8 +12,7 @@
 Uploads are bounded (413), must be an image (415) that decodes (400); errors are ``{"error": "..."}``. The uploaded
 file name is only echoed back, sanitised — never used as a path.
 """
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: FastAPI reads the endpoint annotations (Request) at run time
 import base64
 import io
 import ipaddress
@@ -232,6 +231,7 @@ def create_app(model_path: str | Path, *, max_upload_mb: float = 20.0, device: s
     """The FastAPI app serving ``model_path`` (a checkpoint or an ``.onnx`` export), loaded once, here."""
     try:
         from fastapi import FastAPI, Request
+        from fastapi.exceptions import RequestValidationError
         from fastapi.responses import HTMLResponse, JSONResponse, Response
         from starlette.concurrency import run_in_threadpool
         from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -259,6 +259,10 @@ def create_app(model_path: str | Path, *, max_upload_mb: float = 20.0, device: s
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):
         return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc):
+        return error(400, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
 
     @app.exception_handler(HTTPError)
     async def _our_error(request, exc):

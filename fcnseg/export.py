@@ -1,0 +1,227 @@
+"""``fcnseg export``: a checkpoint → ONNX or TorchScript, verified against PyTorch before the file appears.
+
+The exported graph takes what an image decoder gives: **float32 RGB N×3×H×W with values in 0..255** (uint8 range,
+not normalised); the checkpoint's normalisation is folded into the graph, so a runtime needs no preprocessing other
+than HWC→CHW and a cast. It returns float32 logits N×num_classes×H×W (argmax over dim 1 = class index). Batch,
+height and width are dynamic: the head crops and resizes by run-time sizes, which the tracer records as shape
+operations, and verification runs at sizes other than the tracing size to prove it.
+
+ONNX metadata (``metadata_props``, values are JSON): ``fcnseg.classes``, ``fcnseg.palette``,
+``fcnseg.normalization`` (the folded normalisation), ``fcnseg.input``, ``fcnseg.output``, ``fcnseg.model_spec``,
+``fcnseg.min_size`` and ``fcnseg.verification``. TorchScript files carry the same keys in ``fcnseg.json``
+(``torch.jit.load(path, _extra_files={"fcnseg.json": ""})``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+FORMATS = ("onnx", "torchscript")
+# traced at one size, verified at others (odd sizes and a batch of 2) so that a size baked into the graph shows up
+TRACE_SHAPE = (1, 3, 128, 160)
+VERIFY_SHAPES = ((1, 3, 97, 131), (2, 3, 160, 128), (1, 3, 224, 224))
+MIN_AGREEMENT = 0.999
+OPSET = 17
+# Inception-v3 zero-pads inputs below 75 px in Python; a traced graph keeps the no-padding branch of its tracing size,
+# so exported Inception models need H, W >= 75 (recorded as fcnseg.min_size; `fcnseg serve` pads smaller images).
+MIN_SIZE = {"inception_v3": 75}
+INPUT_DOC = ("float32 RGB N×3×H×W, values 0..255 (uint8 range, not normalised: normalisation is folded into the "
+             "graph); N, H, W dynamic")
+OUTPUT_DOC = "float32 logits N×num_classes×H×W; argmax over dim 1 gives the class index"
+
+
+class Exportable(nn.Module):
+    """``model`` with its normalisation folded in: 0..255 float RGB N×3×H×W → logits N×C×H×W."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.normalization = model.normalization
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalization(image))
+
+
+def metadata(model: nn.Module, ckpt: dict) -> dict[str, str]:
+    """The metadata both formats carry, as JSON strings."""
+    from .models import model_spec
+    from .data import default_palette
+    palette = model.palette or default_palette(model.num_classes)
+    backbone = getattr(model, "backbone_name", "")
+    return {
+        "fcnseg.classes": json.dumps(list(model.classes)),
+        "fcnseg.palette": json.dumps([list(map(int, c)) for c in palette]),
+        "fcnseg.normalization": json.dumps({**model.normalization.to_dict(), "folded_into_graph": True}),
+        "fcnseg.input": json.dumps({"name": "image", "dtype": "float32", "layout": "NCHW", "channels": "RGB",
+                                    "value_range": [0, 255], "doc": INPUT_DOC}),
+        "fcnseg.output": json.dumps({"name": "logits", "dtype": "float32", "layout": "NCHW", "doc": OUTPUT_DOC}),
+        "fcnseg.model_spec": json.dumps(model_spec(model)),
+        "fcnseg.min_size": json.dumps(MIN_SIZE.get(backbone, 1)),
+        "fcnseg.resize": json.dumps((ckpt.get("config") or {}).get("resize")),
+    }
+
+
+def _inputs(shapes, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, s, generator=g).float() for s in shapes]
+
+
+def _compare(ref: torch.Tensor, out: torch.Tensor) -> dict:
+    if tuple(out.shape) != tuple(ref.shape):
+        return {"shape": list(ref.shape), "output_shape": list(out.shape), "max_abs_diff": float("inf"),
+                "rel_diff": float("inf"), "argmax_agreement": 0.0}
+    diff = (out - ref).abs().max().item()
+    return {"shape": list(ref.shape), "max_abs_diff": diff, "rel_diff": diff / max(ref.abs().max().item(), 1e-12),
+            "argmax_agreement": (out.argmax(1) == ref.argmax(1)).double().mean().item()}
+
+
+def verify(reference: nn.Module, run, shapes=VERIFY_SHAPES, min_agreement: float | None = None) -> list[dict]:
+    """Run ``reference`` (PyTorch, fp32) and ``run`` (the exported model, a callable tensor → tensor) on random
+    0..255 images of ``shapes``; return per-shape max |Δ|, relative |Δ| and argmax agreement; raise
+    :class:`UserError` when any agreement is below ``min_agreement`` (default :data:`MIN_AGREEMENT`)."""
+    min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
+    results = []
+    for x in _inputs(shapes):
+        with torch.no_grad():
+            ref = reference(x)
+        try:
+            out = run(x)
+        except Exception as e:  # a shape baked into the graph fails here, at a size other than the tracing one
+            raise UserError(f"exported model failed at input {tuple(x.shape)}: {str(e).splitlines()[0][:300]}; "
+                            "no file written") from None
+        results.append(_compare(ref, out))
+    bad = [r for r in results if not r["argmax_agreement"] >= min_agreement]
+    if bad:
+        r = bad[0]
+        raise UserError(f"export verification failed: argmax agreement {r['argmax_agreement']:.4%} < "
+                        f"{min_agreement:.1%} at input {'×'.join(map(str, r['shape']))} (max |Δ| "
+                        f"{r['max_abs_diff']:.3g}); no file written")
+    return results
+
+
+def _tmp_path(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, *, opset: int = OPSET,
+                shapes=VERIFY_SHAPES, min_agreement: float | None = None) -> list[dict]:
+    """Export ``model`` (from :func:`fcnseg.engine.model_from_checkpoint`) to ONNX at ``out``; verify with
+    onnxruntime first (see :func:`verify`) and write ``out`` only when verification passes."""
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError as e:
+        raise UserError(f"ONNX export needs onnx and onnxruntime ({e.name} is missing): pip install "
+                        "'fcnseg[export]'") from None
+    out = Path(out)
+    wrapped = Exportable(model).eval()
+    tmp = _tmp_path(out)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches; verified below
+            # The TorchScript-based exporter (dynamo=False) records the head's size arithmetic as Shape/Slice/Resize
+            # ops and needs no onnxscript; verification below checks every size it has to handle.
+            try:
+                torch.onnx.export(wrapped, (torch.zeros(TRACE_SHAPE),), str(tmp), dynamo=False,
+                                  opset_version=opset, input_names=["image"], output_names=["logits"],
+                                  dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                                "logits": {0: "batch", 2: "height", 3: "width"}})
+            except Exception as e:  # e.g. an opset this torch cannot write
+                raise UserError(f"ONNX export (opset {opset}) failed: {str(e).splitlines()[0][:300]}") from e
+        proto = onnx.load(str(tmp))
+        meta = metadata(model, ckpt)
+        proto.doc_string = f"fcnseg FCN. input 'image': {INPUT_DOC}. output 'logits': {OUTPUT_DOC}"
+        _set_props(proto, meta)
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        results = verify(wrapped, lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0]),
+                         shapes, min_agreement)
+        session = None  # release onnxruntime's copy of the weights before saving (VGG: ~0.5 GB)
+        _set_props(proto, {"fcnseg.verification": json.dumps(results)})
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return results
+
+
+def _set_props(proto, props: dict[str, str]) -> None:
+    existing = {p.key: p for p in proto.metadata_props}
+    for k, v in props.items():
+        if k in existing:
+            existing[k].value = v
+        else:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+
+
+def export_torchscript(model: nn.Module, ckpt: dict, out: str | Path, *, shapes=VERIFY_SHAPES,
+                       min_agreement: float | None = None) -> list[dict]:
+    """Export ``model`` as a traced TorchScript module (``torch.jit.load`` it; same input and output as the ONNX
+    graph); verified after a save/load round trip and written to ``out`` only when verification passes."""
+    out = Path(out)
+    wrapped = Exportable(model).eval()
+    tmp = _tmp_path(out)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(wrapped, (torch.zeros(TRACE_SHAPE),), check_trace=False)
+            meta = metadata(model, ckpt)
+            torch.jit.save(traced, str(tmp), _extra_files={"fcnseg.json": json.dumps(meta)})
+            loaded = torch.jit.load(str(tmp), map_location="cpu")
+        results = verify(wrapped, lambda x: loaded(x), shapes, min_agreement)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta["fcnseg.verification"] = json.dumps(results)
+            torch.jit.save(traced, str(tmp), _extra_files={"fcnseg.json": json.dumps(meta)})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return results
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = "onnx",  # noqa: A002
+                      **kwargs) -> list[dict]:
+    """Load ``checkpoint`` and export it (``format``: onnx | torchscript); returns the verification results."""
+    if format not in FORMATS:
+        raise UserError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
+    from .engine import model_from_checkpoint
+    model, ckpt = model_from_checkpoint(checkpoint)
+    model = model.eval().float().cpu()
+    fn = export_onnx if format == "onnx" else export_torchscript
+    return fn(model, ckpt, out, **kwargs)
+
+
+def add_parser(subs, sub) -> None:
+    p = sub(subs, "export", "export a checkpoint to ONNX or TorchScript (input: float RGB 0..255 N×3×H×W, "
+            "normalisation folded in; dynamic batch/height/width), verified against PyTorch",
+            "fcnseg export runs/camvid/best.pt --format onnx --out camvid.onnx")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", default="onnx", choices=FORMATS,
+                   help="onnx (default) | torchscript (traced; torch.jit.load it)")
+    p.add_argument("--out", help="output file (default: CKPT with .onnx / .torchscript.pt)")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> None:
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt.with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt")
+    t0 = time.monotonic()
+    kwargs = {"opset": args.opset} if args.format == "onnx" else {}
+    results = export_checkpoint(ckpt, out, format=args.format, **kwargs)
+    for r in results:
+        print(f"verified {'×'.join(map(str, r['shape']))}: max |Δ| {r['max_abs_diff']:.3g} (relative "
+              f"{r['rel_diff']:.3g}), argmax agreement {r['argmax_agreement']:.4%}")
+    print(f"written: {out} ({out.stat().st_size / 2**20:.1f} MiB, {time.monotonic() - t0:.1f} s)")

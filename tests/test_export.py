@@ -1,0 +1,184 @@
+"""``fcnseg export``: ONNX / TorchScript files that agree with PyTorch at sizes other than the tracing size, carry
+their classes, palette and normalisation, and never appear when verification fails."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fcnseg
+from fcnseg import export
+from fcnseg.cli import main
+from fcnseg.engine import model_from_checkpoint
+from fcnseg.errors import UserError
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+CLASSES = ["background", "road", "car"]
+PALETTE = [[0, 0, 0], [128, 64, 128], [0, 0, 142]]
+FRESH_SHAPE = (1, 3, 83, 109)  # neither the tracing size nor a verification size
+
+
+def make_checkpoint(tmp_path, backbone="resnet18", arch="fcn8s", geometry="aligned", classes=CLASSES,
+                    palette=PALETTE, seed=0):
+    """A checkpoint as engine saves it, without training: random backbone, random (non-zero) score layers and
+    batch-norm statistics measured on random images (at their defaults, deep random nets such as Inception produce
+    logits of ~1e7 whose argmax is one class everywhere, which would make any comparison trivial)."""
+    torch.manual_seed(seed)
+    model = fcnseg.build_model(arch, backbone=backbone, num_classes=len(classes), geometry=geometry)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    calibration = lambda: model(model.normalization(torch.randint(0, 256, (2, 3, 160, 192)).float()))  # noqa: E731
+    with torch.no_grad():
+        if bns:
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration batches
+            model.train()
+            calibration()
+            calibration()
+            for m in bns:
+                m.momentum = 0.1
+        model.eval()
+        for name in model.score_layers():
+            layer = getattr(model, name)
+            layer.weight.normal_(0, 0.05)
+            layer.bias.zero_()
+        # centre each class's mean logit, so that the argmax depends on the image rather than on one class winning
+        # everywhere (what random VGG features, all positive after ReLU, do)
+        model.score_fr.bias.sub_(calibration().mean((0, 2, 3)))
+    path = tmp_path / f"{arch}-{backbone}-{geometry}.pt"
+    torch.save({"model": model.state_dict(), "model_spec": fcnseg.model_spec(model), "classes": list(classes),
+                "palette": [list(c) for c in palette], "config": {}, "iteration": 0}, path)
+    return path
+
+
+def reference(ckpt_path, x):
+    """PyTorch logits for 0..255 float RGB ``x``: the checkpoint's model on its own normalisation."""
+    model, _ = model_from_checkpoint(ckpt_path)
+    with torch.no_grad():
+        return model.eval()(model.normalization(x))
+
+
+def fresh_input(shape=FRESH_SHAPE):
+    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(7)).float()
+
+
+def agreement(a, b):
+    return (a.argmax(1) == b.argmax(1)).double().mean().item()
+
+
+def test_onnx_export_cli_metadata_dynamic_axes_and_parity(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path)
+    out = tmp_path / "out" / "model.onnx"
+    assert main([*f"export {ckpt} --format onnx --out {out}".split()]) == 0
+    printed = capsys.readouterr().out
+    assert "97×131" in printed and "2×3×160×128" in printed and "argmax agreement 100" in printed
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx"]  # no temp file left behind
+
+    proto = onnx.load(str(out))
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert meta["fcnseg.classes"] == CLASSES
+    assert meta["fcnseg.palette"] == PALETTE
+    assert meta["fcnseg.normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert meta["fcnseg.normalization"]["folded_into_graph"] is True
+    assert meta["fcnseg.input"]["value_range"] == [0, 255] and meta["fcnseg.input"]["channels"] == "RGB"
+    assert [v["shape"] for v in meta["fcnseg.verification"]] == [list(s) for s in export.VERIFY_SHAPES]
+    assert all(v["argmax_agreement"] >= 0.999 for v in meta["fcnseg.verification"])
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = fresh_input()
+    got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+    ref = reference(ckpt, x)
+    assert got.shape == ref.shape == (1, 3, 83, 109)
+    assert (got - ref).abs().max().item() < 1e-3 * max(1.0, ref.abs().max().item())
+    assert agreement(got, ref) >= 0.999
+    assert len(ref.argmax(1).unique()) > 1  # the comparison is not between two constant maps
+
+
+def test_torchscript_export_round_trip(tmp_path):
+    ckpt = make_checkpoint(tmp_path)
+    out = tmp_path / "model.pt"
+    assert main(["export", str(ckpt), "--format", "torchscript", "--out", str(out)]) == 0
+    extra = {"fcnseg.json": ""}
+    loaded = torch.jit.load(str(out), _extra_files=extra)
+    meta = json.loads(extra["fcnseg.json"])
+    assert json.loads(meta["fcnseg.classes"]) == CLASSES
+    x = fresh_input((2, 3, 70, 91))
+    with torch.no_grad():
+        got = loaded(x)
+    ref = reference(ckpt, x)
+    assert got.shape == ref.shape == (2, 3, 70, 91)
+    assert (got - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def test_failed_verification_writes_nothing(tmp_path, monkeypatch, capsys):
+    ckpt = make_checkpoint(tmp_path)
+    out = tmp_path / "out" / "model.onnx"
+    monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)  # unattainable: the failure path must run
+    assert main(["export", str(ckpt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "verification failed" in err and "no file written" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_size_baked_into_graph_is_caught(tmp_path, fmt):
+    """A model whose output size is read as a Python int traces to a fixed-size graph: verification at other
+    sizes must refuse it."""
+    ckpt = make_checkpoint(tmp_path)
+    model, meta = model_from_checkpoint(ckpt)
+    orig = model.forward
+    model.forward = lambda x: F.interpolate(orig(x), size=(int(x.shape[-2]), int(x.shape[-1])))
+    out = tmp_path / "baked.onnx"
+    fn = export.export_onnx if fmt == "onnx" else export.export_torchscript
+    with pytest.raises(UserError, match="failed|verification"):
+        fn(model.eval(), meta, out)
+    assert not out.exists() and list(tmp_path.glob(".baked*")) == []
+
+
+def test_unknown_checkpoint_is_a_user_error(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# Every backbone, both formats for the cheap ones. VGG fc6 alone is 4096×512×7×7 (~400 MB of float32), so one VGG
+# export runs by default and the others are slow (the caffe geometry's pad 100 makes it ~2x the aligned one).
+SLOW = pytest.mark.slow
+CASES = [
+    ("fcn8s", "mobilenet_v3_large", "aligned"),
+    ("fcn8s", "inception_v3", "aligned"),
+    ("fcn32s", "resnet18", "aligned"),
+    ("fcn16s", "resnet18", "aligned"),
+    ("fcn8s", "vgg16", "aligned"),
+    pytest.param("fcn8s", "resnet34", "aligned", marks=SLOW),
+    pytest.param("fcn8s", "resnet50", "aligned", marks=SLOW),
+    pytest.param("fcn8s", "resnet101", "aligned", marks=SLOW),
+    pytest.param("fcn8s", "vgg16", "caffe", marks=SLOW),
+    pytest.param("fcn8s", "vgg19", "aligned", marks=SLOW),
+    pytest.param("fcn16s", "inception_v3", "aligned", marks=SLOW),
+    pytest.param("fcn32s", "inception_v3", "aligned", marks=SLOW),
+    pytest.param("fcn8s-atonce", "resnet18", "aligned", marks=SLOW),
+]
+
+
+@pytest.mark.parametrize("arch,backbone,geometry", CASES)
+def test_onnx_export_verifies_for_every_backbone(tmp_path, arch, backbone, geometry):
+    ckpt = make_checkpoint(tmp_path, backbone=backbone, arch=arch, geometry=geometry)
+    out = tmp_path / "m.onnx"
+    results = export.export_checkpoint(ckpt, out, format="onnx")
+    assert [r["shape"] for r in results] == [list(s) for s in export.VERIFY_SHAPES]
+    assert all(r["argmax_agreement"] >= 0.999 and r["rel_diff"] < 1e-3 for r in results), results
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = fresh_input((1, 3, 151, 203))  # large enough for Inception's FCN-32s map (2×3 cells) to vary spatially
+    got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+    ref = reference(ckpt, x)
+    assert got.shape == ref.shape and agreement(got, ref) >= 0.999
+    assert np.isfinite(got.numpy()).all()
+    assert len(ref.argmax(1).unique()) > 1  # the comparison is not between two constant maps
