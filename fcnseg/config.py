@@ -37,7 +37,7 @@ class TrainConfig:
     init_from: str | None = None
     learnable_upsampling: bool = False
     trainable: list | None = None  # module scopes to train (e.g. ["score_fr", "upscore", "backbone.fc7"]); rest frozen
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # recompute backbone stages in backward so larger batches fit
     # loss
     ignore_index: int = 255
     class_weights: str | list | None = None  # a `data stats` JSON path (median-frequency weights) or a list

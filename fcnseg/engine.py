@@ -404,6 +404,9 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         load_state_into(model, resume_ckpt["model"], "resume checkpoint", strict_classes=True, require_all=True)
         model.normalization = Normalization.from_dict(resume_ckpt["model_spec"]["normalization"])
     _scope_params(model, cfg.trainable)
+    if cfg.activation_checkpointing:  # recompute backbone stages in backward: less memory, ~25 % more time
+        from .checkpointing import enable_activation_checkpointing
+        enable_activation_checkpointing(model)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -130,3 +130,14 @@ def test_torchvision_fcn_peer_trains_and_reloads(tmp_path):
     train(tiny(tmp_path, arch="torchvision-fcn", backbone="resnet50", max_iters=2, val_every=100), progress=False)
     model, ckpt = engine.model_from_checkpoint(tmp_path / "run" / "best.pt")
     assert ckpt["model_spec"]["arch"] == "torchvision-fcn" and model(torch.randn(1, 3, 33, 47)).shape == (1, 7, 33, 47)
+
+
+def test_activation_checkpointing_trains_to_the_same_weights(tmp_path):
+    common = dict(max_iters=2, val_every=100, deterministic=True, arch="fcn16s")
+    train(tiny(tmp_path, "plain", **common), progress=False)
+    train(tiny(tmp_path, "ckpt", activation_checkpointing=True, **common), progress=False)
+    a = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "ckpt" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), k

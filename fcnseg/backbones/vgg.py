@@ -29,10 +29,12 @@ class VGGBackbone(nn.Module):
                 m.ceil_mode = True  # Caffe pools with ceil; aligned keeps it so sizes are ceil(H / stride)
         if geometry == "caffe":
             self.features[0].padding = (100, 100)
-        self.fc6 = nn.Conv2d(512, 4096, 7, padding=0 if geometry == "caffe" else 3)
+        # built on the meta device and then given the classifier's own tensors (reshaped views): a second 470 MB
+        # copy of fc6/fc7 would raise the process's peak memory for the whole run (measured: +456 MiB RSS)
+        self.fc6 = nn.Conv2d(512, 4096, 7, padding=0 if geometry == "caffe" else 3, device="meta")
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout2d()
-        self.fc7 = nn.Conv2d(4096, 4096, 1)
+        self.fc7 = nn.Conv2d(4096, 4096, 1, device="meta")
         self.relu7 = nn.ReLU(inplace=True)
         self.drop7 = nn.Dropout2d()
         self.load_classifier(net.classifier[0], net.classifier[3])
@@ -43,11 +45,12 @@ class VGGBackbone(nn.Module):
 
     @torch.no_grad()
     def load_classifier(self, fc6: nn.Linear, fc7: nn.Linear) -> None:
-        """Convolutionalize: the 4096x25088 fc6 matrix becomes a 4096x512x7x7 kernel, fc7 a 1x1 kernel."""
-        self.fc6.weight.copy_(fc6.weight.view(4096, 512, 7, 7))
-        self.fc6.bias.copy_(fc6.bias)
-        self.fc7.weight.copy_(fc7.weight.view(4096, 4096, 1, 1))
-        self.fc7.bias.copy_(fc7.bias)
+        """Convolutionalize: the 4096x25088 fc6 matrix becomes a 4096x512x7x7 kernel, fc7 a 1x1 kernel (views of
+        the classifier's storage, not copies)."""
+        self.fc6.weight = nn.Parameter(fc6.weight.detach().view(4096, 512, 7, 7))
+        self.fc6.bias = nn.Parameter(fc6.bias.detach())
+        self.fc7.weight = nn.Parameter(fc7.weight.detach().view(4096, 4096, 1, 1))
+        self.fc7.bias = nn.Parameter(fc7.bias.detach())
 
     def stages(self) -> list[nn.Module]:
         """Modules worth checkpointing as units (used by activation checkpointing)."""

@@ -1,0 +1,201 @@
+"""``fcnseg benchmark``: latency, images/s and peak memory of one model configuration on this machine.
+
+Timing helpers here are shared with ``benchmarks/run.py`` (the side-by-side comparison against pytorch-fcn and
+torchvision), so both measure the same way: warm-up first, then the minimum and median of several repeats (the
+minimum is the figure least disturbed by other processes on a shared machine).
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+
+DTYPES = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}  # --dtype → autocast mode of fcnseg.inference.autocast
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``500x500`` or ``500`` → (H, W)."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except (ValueError, IndexError):
+        raise UserError(f"--size expects HxW like 500x500, got {text!r}") from None
+    if len(parts) > 2 or h < 1 or w < 1:
+        raise UserError(f"--size expects HxW with positive sides like 500x500, got {text!r}")
+    return h, w
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1,
+            device: torch.device = torch.device("cpu")) -> list[float]:
+    """Seconds per call of ``fn`` for ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def peak_rss_mib() -> float:
+    """This process's resident-set high-water mark. Linux: VmHWM of /proc/self/status, because ``ru_maxrss``
+    survives exec and so reports at least the parent's peak in a child process; elsewhere ``ru_maxrss``."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, amp: str = "none",
+               channels_last: bool = True, lr: float = 1e-3, fused: bool = True,
+               device: torch.device = torch.device("cpu")) -> Callable[[], float]:
+    """A closure running one SGD-momentum step (cross-entropy, fp32 loss) the way ``fcnseg train`` does;
+    it returns the loss. ``fused``: torch's fused SGD kernel when this torch has it for the device."""
+    from .inference import autocast
+    model.train().to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, fused=fused) if fused else None
+    except (RuntimeError, TypeError, ValueError):
+        opt = None
+    opt = opt or torch.optim.SGD(params, lr=lr, momentum=0.9)
+    images, masks = images.to(device), masks.to(device)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), masks)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
+def summary(times: list[float], batch: int) -> dict:
+    best, median = min(times), statistics.median(times)
+    return {"min_s": best, "median_s": median, "images_per_s": batch / best, "repeats": len(times)}
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+def add_parser(subs, _sub) -> None:
+    p = _sub(subs, "benchmark", "measure latency, images/s and peak memory of a model on this machine",
+             "fcnseg benchmark --arch fcn8s --backbone vgg16 --size 500x500 --dtype bf16 --mode infer")
+    p.add_argument("--arch", default="fcn8s", help="fcn32s | fcn16s | fcn8s | fcn8s-atonce")
+    p.add_argument("--backbone", default="vgg16", help="see `fcnseg models`")
+    p.add_argument("--geometry", default="aligned", help="aligned | caffe (VGG only)")
+    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--size", default="500x500", help="input HxW (default 500x500)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 (autocast; the loss stays fp32)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--mode", default="infer", help="infer (fcnseg's Predictor) | train (one SGD step)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (default 5)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="keep NCHW (channels_last is the default: faster with oneDNN and cuDNN)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (infer mode)")
+    p.add_argument("--checkpointing", action="store_true",
+                   help="activation checkpointing of the backbone stages (train mode: less memory, more time)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_benchmark)
+
+
+def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str = "aligned", num_classes: int = 21,
+                  size: tuple[int, int] = (500, 500), batch: int = 1, dtype: str = "fp32", device: str = "auto",
+                  mode: str = "infer", repeats: int = 5, warmup: int = 1, channels_last: bool = True,
+                  compile: bool = False, checkpointing: bool = False) -> dict:  # noqa: A002
+    """Measure one configuration; returns the figures ``fcnseg benchmark`` prints."""
+    from .inference import Predictor, select_device
+    from .models import build_model
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if mode not in ("infer", "train"):
+        raise UserError(f"--mode must be infer or train, got {mode!r}")
+    if repeats < 1 or batch < 1 or warmup < 0:
+        raise UserError(f"--repeats and --batch must be >= 1 and --warmup >= 0 (got {repeats}, {batch}, {warmup})")
+    try:
+        dev = select_device(device)
+    except RuntimeError as e:
+        raise UserError(f"--device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
+    try:
+        model = build_model(arch, backbone=backbone, num_classes=num_classes, geometry=geometry)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if checkpointing:
+        from .checkpointing import enable_activation_checkpointing
+        enable_activation_checkpointing(model)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, *size, generator=g)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    if mode == "infer":
+        predictor = Predictor(model, dev, amp=DTYPES[dtype], channels_last=channels_last, compile=compile)
+        images = images.to(dev)
+        times = time_fn(lambda: predictor(images), repeats=repeats, warmup=warmup, device=dev)
+    else:
+        with torch.no_grad():  # a fresh head predicts zeros; random scores make the step representative
+            for name in model.score_layers():
+                getattr(model, name).weight.normal_(0, 0.01, generator=g)
+        masks = torch.randint(0, num_classes, (batch, *size), generator=g)
+        step = train_step(model, images, masks, amp=DTYPES[dtype], channels_last=channels_last, device=dev)
+        times = time_fn(step, repeats=repeats, warmup=warmup, device=dev)
+    result = summary(times, batch)
+    result.update(model=f"{arch}/{backbone}/{geometry}", params=sum(p.numel() for p in model.parameters()),
+                  input=(batch, 3, *size), dtype=dtype, device=str(dev), mode=mode, threads=torch.get_num_threads(),
+                  channels_last=channels_last, checkpointing=checkpointing, compile=compile)
+    if dev.type == "cuda":
+        result["peak_mib"], result["peak_kind"] = torch.cuda.max_memory_allocated(dev) / 2**20, "max_memory_allocated"
+    else:
+        result["peak_mib"], result["peak_kind"] = peak_rss_mib(), "process RSS high-water mark"
+    return result
+
+
+def format_result(r: dict) -> str:
+    n, c, h, w = r["input"]
+    opts = [o for o, on in (("channels_last", r["channels_last"]), ("checkpointing", r["checkpointing"]),
+                            ("compile", r["compile"])) if on]
+    return "\n".join([
+        f"model       {r['model']}, {r['params'] / 1e6:.1f} M parameters",
+        f"setting     {r['mode']}, {n}×{c}×{h}×{w}, {r['dtype']}, {r['device']} ({r['threads']} threads)"
+        + (f", {', '.join(opts)}" if opts else ""),
+        f"latency     min {r['min_s'] * 1e3:.1f} ms, median {r['median_s'] * 1e3:.1f} ms per batch "
+        f"({r['repeats']} repeats after warm-up)",
+        f"throughput  {r['images_per_s']:.2f} images/s",
+        f"peak memory {r['peak_mib']:.0f} MiB ({r['peak_kind']})",
+    ])
+
+
+def cmd_benchmark(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    r = run_benchmark(arch=args.arch, backbone=args.backbone, geometry=args.geometry, num_classes=args.num_classes,
+                      size=parse_size(args.size), batch=args.batch, dtype=args.dtype, device=args.device,
+                      mode=args.mode, repeats=args.repeats, warmup=args.warmup, channels_last=args.channels_last,
+                      compile=args.compile, checkpointing=args.checkpointing)
+    print(format_result(r))
