@@ -569,7 +569,10 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
             iteration += 1
             last_loss = loss_sum
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            postfix = {"loss": f"{loss_sum:.4f}", "lr": f"{optimizer.param_groups[0]['lr']:.2e}"}
+            if budget is not None:  # the bar's ETA counts iterations; with a time budget this is the real end
+                postfix["budget_left"] = f"{max(0.0, budget - (time.monotonic() - t_start)) / 60:.1f}m"
+            bar.set_postfix(postfix)
             if main and (iteration % cfg.log_every == 0 or iteration == 1):
                 logger.write({"iter": iteration, "loss": loss_sum, "lr": optimizer.param_groups[0]["lr"],
                               "time": round(time.monotonic() - t_start, 3)})
