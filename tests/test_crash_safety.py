@@ -122,7 +122,7 @@ def crash_trials(tmp_path: Path, trials: int, max_iters: int, seed: int) -> dict
     return figures
 
 
-def check(figures: dict, trials: int, max_iters: int) -> None:
+def check_figures(figures: dict, trials: int, max_iters: int) -> None:
     assert not figures["failures"], figures["failures"]
     assert figures["trials"] == trials
     assert figures["final_iteration"] == max_iters and figures["finished"]
@@ -136,13 +136,13 @@ def check(figures: dict, trials: int, max_iters: int) -> None:
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     figures = crash_trials(tmp_path, trials=3, max_iters=12, seed=0)
-    check(figures, 3, 12)
+    check_figures(figures, 3, 12)
 
 
 @pytest.mark.slow
 def test_sigkill_ten_times_then_resume_matches_uninterrupted_run(tmp_path):
     figures = crash_trials(tmp_path, trials=10, max_iters=24, seed=1)
-    check(figures, 10, 24)
+    check_figures(figures, 10, 24)
 
 
 # --------------------------------------------------------------------------------------------------- safe loading

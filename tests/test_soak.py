@@ -136,7 +136,7 @@ def soak(tmp_path: Path, requests: int, seed: int = 0) -> dict:
     return figures
 
 
-def check(figures: dict) -> None:
+def check_figures(figures: dict) -> None:
     assert not figures["bad"], figures["bad"]
     assert figures["alive"] and figures["healthz"]
     assert sum(figures["status_counts"].values()) == figures["requests"]
@@ -145,9 +145,9 @@ def check(figures: dict) -> None:
 
 
 def test_soak_100_requests(tmp_path):
-    check(soak(tmp_path, 100))
+    check_figures(soak(tmp_path, 100))
 
 
 @pytest.mark.slow
 def test_soak_1000_requests(tmp_path):
-    check(soak(tmp_path, 1000, seed=1))
+    check_figures(soak(tmp_path, 1000, seed=1))

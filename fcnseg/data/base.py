@@ -7,6 +7,7 @@ model's own ``Normalization``.
 """
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,7 +36,7 @@ def default_palette(n: int) -> list[tuple[int, int, int]]:
     return out
 
 
-class SegmentationDataset(torch.utils.data.Dataset):
+class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
     """Base class: subclasses set ``classes`` (and optionally ``palette``) and implement ``__len__`` and ``load``."""
 
     name: str = "dataset"
@@ -55,9 +56,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def get_palette(self) -> list[tuple[int, int, int]]:
         return list(self.palette) if self.palette else default_palette(self.num_classes)
 
+    @abc.abstractmethod
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode sample ``index`` → (uint8 3×H×W image, int64 H×W mask), before transforms."""
-        raise NotImplementedError  # abstract: every reader implements it
 
     def describe(self, index: int) -> str:
         """The file(s) behind sample ``index``, for error messages."""
