@@ -22,25 +22,13 @@ import fcnseg
 from fcnseg.data import get_dataset
 from fcnseg.data.synthetic import CLASSES, PALETTE
 
+from test_serve import make_checkpoint  # one checkpoint maker for the serving tests  # noqa: E402
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--window-size=1400,1000", "--proxy-server=direct://", "--proxy-bypass-list=*"]
-
-
-def make_checkpoint(tmp_path, backbone="resnet18", arch="fcn8s"):
-    """A checkpoint as engine saves it, without training: random weights, random (non-zero) score layers."""
-    torch.manual_seed(0)
-    model = fcnseg.build_model(arch, backbone=backbone, num_classes=len(CLASSES))
-    with torch.no_grad():
-        for name in model.score_layers():
-            getattr(model, name).weight.normal_(0, 0.05)
-            getattr(model, name).bias.normal_(0, 0.02)
-    path = tmp_path / f"{arch}-{backbone}.pt"
-    torch.save({"model": model.state_dict(), "model_spec": fcnseg.model_spec(model), "classes": list(CLASSES),
-                "palette": [list(c) for c in PALETTE], "config": {}, "iteration": 0}, path)
-    return path
 
 
 @pytest.fixture
