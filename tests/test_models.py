@@ -127,3 +127,29 @@ def test_forward_backward_any_size(arch, backbone):
     assert model.score_fr.weight.grad is not None and model.score_fr.weight.grad.abs().sum() > 0
     first = next(p for p in model.backbone.parameters() if p.requires_grad)
     assert first.grad is not None and torch.isfinite(first.grad).all()
+
+
+def test_fixed_upsampling_runs_per_class_and_matches_the_full_deconvolution():
+    from fcnseg.heads import Upsample, bilinear_kernel
+    torch.manual_seed(0)
+    up = Upsample(5, 5, 16, stride=8, padding=4, bias=False)
+    full = torch.nn.ConvTranspose2d(5, 5, 16, stride=8, padding=4, bias=False)
+    with torch.no_grad():
+        up.weight.copy_(bilinear_kernel(5, 16))
+        full.weight.copy_(up.weight)
+    up.weight.requires_grad_(False)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 5, 7, 9).contiguous(memory_format=fmt).requires_grad_()
+        x2 = x.detach().clone().requires_grad_()
+        y = up(x)
+        assert up._diag is not None  # the per-class path was taken
+        torch.testing.assert_close(y, full(x2), rtol=1e-5, atol=1e-6)
+        y.square().sum().backward()
+        full(x2).square().sum().backward()
+        torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # a learned (non-diagonal) kernel: the full deconvolution, whatever it holds
+        up.weight[0, 1] += 0.5
+        full.weight.copy_(up.weight)
+    x = torch.randn(1, 5, 4, 4)
+    torch.testing.assert_close(up(x), full(x), rtol=1e-5, atol=1e-6)
+    assert up._diag is None
