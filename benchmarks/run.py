@@ -82,8 +82,8 @@ def synthetic_batch(n, size, num_classes=None):
 
 
 # ---------------------------------------------------------------------------------------------- measurements
-def infer_fn(model, x, amp="none", channels_last=True, compile=False):  # noqa: A002
-    p = Predictor(model, "cpu", amp=amp, channels_last=channels_last, compile=compile)
+def infer_fn(model, x, amp="none", channels_last=True, compile=False, calibration=None):  # noqa: A002
+    p = Predictor(model, "cpu", amp=amp, channels_last=channels_last, compile=compile, calibration=calibration)
     return lambda: p(x)
 
 
@@ -237,7 +237,8 @@ def main() -> None:
     # (a) inference -------------------------------------------------------------------------------------
     log(f"(a) inference 1×3×{S_INF}×{S_INF}")
     from fcnseg.normalization import CAFFE_BGR, IMAGENET
-    img, _ = synthetic_batch(1, (S_INF, S_INF))
+    imgs, _ = synthetic_batch(5, (S_INF, S_INF))
+    img, calib = imgs[:1], imgs[1:]  # int8 calibrates on 4 other scenes than the one it is timed and scored on
     x_caffe, x_im = CAFFE_BGR(img), IMAGENET(img)
     tfcn = torchfcn_model()
     runs = {}
@@ -245,9 +246,11 @@ def main() -> None:
     aligned = fcnseg_model("aligned")
     runs["fcnseg aligned bf16+CL"] = ("fcnseg", infer_fn(copy.deepcopy(aligned), x_im, "bf16"))
     runs["fcnseg aligned fp32+CL"] = ("fcnseg", infer_fn(copy.deepcopy(aligned), x_im, "none"))
+    runs["fcnseg aligned int8"] = ("fcnseg", infer_fn(aligned, x_im, "int8", calibration=[IMAGENET(calib)]))
     caffe = fcnseg_model("caffe")
     runs["fcnseg caffe bf16+CL"] = ("fcnseg", infer_fn(copy.deepcopy(caffe), x_caffe, "bf16"))
     runs["fcnseg caffe fp32+CL"] = ("fcnseg", infer_fn(copy.deepcopy(caffe), x_caffe, "none"))
+    runs["fcnseg caffe int8"] = ("fcnseg", infer_fn(caffe, x_caffe, "int8", calibration=[CAFFE_BGR(calib)]))
     from torchvision.models.segmentation import fcn_resnet50
     torch.manual_seed(0)
     tv = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=False)
@@ -267,9 +270,14 @@ def main() -> None:
         ref = runs["fcnseg caffe fp32+CL"][1]().argmax(1)
         extra["agree_bf16"] = (runs["fcnseg caffe bf16+CL"][1]().argmax(1) == ref).float().mean().item() * 100
         extra["agree_peer"] = (tfcn.eval()(x_caffe).argmax(1) == ref).float().mean().item() * 100
+        ref_aligned = runs["fcnseg aligned fp32+CL"][1]().argmax(1)
         extra["agree_aligned_bf16"] = (runs["fcnseg aligned bf16+CL"][1]().argmax(1) ==
-                                       runs["fcnseg aligned fp32+CL"][1]().argmax(1)).float().mean().item() * 100
-    log(f"  caffe argmax agreement bf16 vs fp32 {extra['agree_bf16']:.3f}%, vs pytorch-fcn {extra['agree_peer']:.3f}%")
+                                       ref_aligned).float().mean().item() * 100
+        extra["agree_int8"] = (runs["fcnseg caffe int8"][1]().argmax(1) == ref).float().mean().item() * 100
+        extra["agree_aligned_int8"] = (runs["fcnseg aligned int8"][1]().argmax(1) ==
+                                       ref_aligned).float().mean().item() * 100
+    log(f"  caffe argmax agreement bf16 vs fp32 {extra['agree_bf16']:.3f}%, vs pytorch-fcn {extra['agree_peer']:.3f}%, "
+        f"int8 vs fp32 {extra['agree_int8']:.3f}% (aligned {extra['agree_aligned_int8']:.3f}%)")
     if not args.no_compile and not quick:
         try:
             t0 = time.perf_counter()
@@ -348,9 +356,15 @@ def write_report(args, rows, train, extra, prof, mach, load_start, load_end, p, 
     val = {r["label"]: r["value"] for r in rows if r["section"] in "ab"}
     S_INF, S_TR, B_SMALL, B_LARGE = p["S_INF"], p["S_TR"], p["B_SMALL"], p["B_LARGE"]
     peer_inf = val["pytorch-fcn FCN8s fp32"]
-    best_aligned = min(("fcnseg aligned bf16+CL", "fcnseg aligned fp32+CL"), key=val.get)
-    best_caffe = min(("fcnseg caffe bf16+CL", "fcnseg caffe fp32+CL"), key=val.get)
-    caffe_agree = extra["agree_bf16"] if "bf16" in best_caffe else 100.0
+    # a low-precision configuration counts only where it keeps its argmax agreement bar (int8: 99% — the issue's
+    # condition for offering it; caffe geometry: 99.9%)
+    agree = {"fcnseg aligned bf16+CL": extra["agree_aligned_bf16"], "fcnseg aligned int8": extra["agree_aligned_int8"],
+             "fcnseg caffe bf16+CL": extra["agree_bf16"], "fcnseg caffe int8": extra["agree_int8"]}
+    best_aligned = min((k for k in ("fcnseg aligned bf16+CL", "fcnseg aligned fp32+CL", "fcnseg aligned int8")
+                        if agree.get(k, 100.0) >= 99.0), key=val.get)
+    best_caffe = min((k for k in ("fcnseg caffe bf16+CL", "fcnseg caffe fp32+CL", "fcnseg caffe int8")
+                      if agree.get(k, 100.0) >= 99.9), key=val.get)
+    caffe_agree = agree.get(best_caffe, 100.0)
     peer_b = lambda b: val[f"pytorch-fcn FCN8s fp32 b{b}"]  # noqa: E731
     best_train = lambda b: min((f"fcnseg aligned bf16+CL+fused b{b}", f"fcnseg aligned fp32+CL+fused b{b}"),  # noqa
                                key=val.get)
@@ -403,8 +417,11 @@ def write_report(args, rows, train, extra, prof, mach, load_start, load_end, p, 
         if r["section"] == "a":
             L.append(f"| {r['label']} | {r['value']:.0f} | {r['median']:.0f} | {peer_inf / r['value']:.2f}× |")
     L += ["", f"Argmax agreement, fcnseg caffe geometry: bf16+CL vs its own fp32 {extra['agree_bf16']:.3f}%; fp32 vs "
-          f"pytorch-fcn fp32 (same weights) {extra['agree_peer']:.3f}%. Aligned bf16 vs fp32: "
-          f"{extra['agree_aligned_bf16']:.3f}%."]
+          f"pytorch-fcn fp32 (same weights) {extra['agree_peer']:.3f}%; int8 vs its own fp32 {extra['agree_int8']:.3f}%. "
+          f"Aligned bf16 vs fp32: {extra['agree_aligned_bf16']:.3f}%; int8 vs fp32 {extra['agree_aligned_int8']:.3f}%. "
+          "int8 = `Predictor(amp=\"int8\")`: the backbone quantized (x86 backend, per-channel weights, histogram-"
+          "calibrated activations on 4 other synthetic scenes), the head in fp32. A configuration counts for a "
+          "target only when its agreement clears the bar (int8 ≥ 99%, caffe geometry ≥ 99.9%)."]
     if "compile" in extra:
         c = extra["compile"]
         L += ["", f"torch.compile (Predictor(compile=True), aligned fp32+CL): first call {extra['compile_s']:.0f} s; "

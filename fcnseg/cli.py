@@ -128,23 +128,28 @@ def _add_evaluate(subs):
     p.add_argument("checkpoint")
     _data_args(p)
     p.add_argument("--out", help="folder for metrics.json, metrics.md and confusion.png (default: next to CKPT)")
-    p.add_argument("--flip", action="store_true", help="average with horizontally flipped predictions")
-    p.add_argument("--scales", help="multi-scale averaging, e.g. 0.75,1,1.25")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with horizontally flipped predictions (default: the recipe's eval_flip)")
+    p.add_argument("--scales", help="multi-scale averaging, e.g. 0.75,1,1.25 (default: the recipe's eval_scales)")
     p.add_argument("--window", type=int, help="sliding-window inference with tiles of this size")
     p.add_argument("--crf", action="store_true", help="also score DenseCRF-refined predictions (needs pydensecrf2)")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16")
+    p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 | int8 (CPU; VGG/ResNet backbones; "
+                   "calibrates on the first 4 images, which run in fp32)")
     p.set_defaults(func=cmd_evaluate)
 
 
 def _predict_options(args, ckpt):
     opts = {}
-    resize = (ckpt.get("config") or {}).get("resize")
-    if resize:
-        opts["input_size"] = resize
-    if getattr(args, "flip", False):
+    cfg = ckpt.get("config") or {}
+    if cfg.get("resize"):
+        opts["input_size"] = cfg["resize"]
+    flip = getattr(args, "flip", None)
+    if flip if flip is not None else cfg.get("eval_flip"):
         opts["flip"] = True
+    if not getattr(args, "scales", None) and cfg.get("eval_scales"):
+        opts["scales"] = [float(s) for s in cfg["eval_scales"]]
     if getattr(args, "scales", None):
         try:
             opts["scales"] = [float(s) for s in args.scales.split(",")]
@@ -168,15 +173,17 @@ def cmd_evaluate(args):
                         f"{model.num_classes}")
     classes = model.classes
     predictor = Predictor(model, args.device, amp=args.amp)
+    opts = _predict_options(args, ckpt)
     result = evaluate(predictor, ds, num_classes=model.num_classes, ignore_index=ds.ignore_index,
-                      max_images=args.max_images, crf=args.crf, **_predict_options(args, ckpt))
+                      max_images=args.max_images, crf=args.crf, **opts)
     if not dist.is_main():
         return
-    metrics = scores(result["hist"], classes)
+    metrics = scores(result["hist"], classes, ds.background_index)
     metrics.update(per_image_mean_iou=result["per_image_mean_iou"], images=result["images"],
-                   checkpoint=str(args.checkpoint), dataset=ds.name, split=ds.split)
+                   checkpoint=str(args.checkpoint), dataset=ds.name, split=ds.split,
+                   protocol={"flip": False, "scales": [1.0], "amp": args.amp, **opts})
     if args.crf:
-        crf_scores = scores(result["hist_crf"], classes)
+        crf_scores = scores(result["hist_crf"], classes, ds.background_index)
         metrics["crf"] = crf_scores
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{ds.name}-{ds.split}"
     atomic_write_text(json.dumps(metrics, indent=2), out / "metrics.json")
@@ -187,10 +194,17 @@ def cmd_evaluate(args):
 
 
 def metrics_markdown(m: dict) -> str:
+    proto = m.get("protocol")
+    how = (f"input {'×'.join(map(str, proto['input_size'])) if proto.get('input_size') else 'as is'}, scales "
+           f"{','.join(f'{s:g}' for s in proto['scales'])}, flip {'on' if proto['flip'] else 'off'}"
+           + (f", sliding window {proto['window']}" if proto.get("window") else "")) if proto else None
     lines = [f"# {m.get('dataset', '')} {m.get('split', '')} — {m.get('images', '?')} images", "",
+             *([f"Protocol: {how}; metrics at the original resolution.", ""] if how else []),
              "| metric | value | with CRF |" if "crf" in m else "| metric | value |",
              "|---|---|---|" if "crf" in m else "|---|---|"]
-    for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou"):
+    for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "foreground_accuracy"):
+        if k not in m:
+            continue
         extra = f" {m['crf'][k]:.4f} |" if "crf" in m else ""
         lines.append(f"| {k} | {m[k]:.4f} |{extra}")
     if "per_image_mean_iou" in m:
@@ -240,12 +254,14 @@ def _add_predict(subs):
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True)
     p.add_argument("--probs", action="store_true", help="also save class probabilities as .npy (C×H×W float16)")
-    p.add_argument("--flip", action="store_true")
-    p.add_argument("--scales")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with horizontally flipped predictions (default: the recipe's eval_flip)")
+    p.add_argument("--scales", help="multi-scale averaging, e.g. 0.75,1,1.25 (default: the recipe's eval_scales)")
     p.add_argument("--window", type=int)
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="auto")
+    p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 | int8 (CPU; VGG/ResNet backbones; "
+                   "calibrates on the first 4 inputs, which run in fp32)")
     p.set_defaults(func=cmd_predict)
 
 

@@ -508,11 +508,12 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
     def validate() -> dict:
         result = evaluate(predictor, val_ds, num_classes=num_classes, ignore_index=cfg.ignore_index,
                           max_images=cfg.val_max_images, progress=False, **val_opts)
-        metrics = scores(result["hist"], classes)
+        metrics = scores(result["hist"], classes, val_ds.background_index)
         metrics["per_image_mean_iou"] = result["per_image_mean_iou"]
         if main:
             logger.write({"iter": iteration, "val": {k: metrics[k] for k in (
-                "pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "per_image_mean_iou")},
+                "pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "per_image_mean_iou",
+                "foreground_accuracy") if k in metrics},
                 "per_class_iou": {c: v["iou"] for c, v in metrics["per_class"].items()}})
             if logger.tb:
                 tb = logger.tb

@@ -17,8 +17,11 @@ def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int,
     return torch.bincount(idx, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
-def scores(hist: torch.Tensor | np.ndarray, classes: Sequence[str] | None = None) -> dict:
-    """Pixel accuracy, mean (class) accuracy, mean IoU and frequency-weighted IoU, plus per-class IoU/accuracy.
+def scores(hist: torch.Tensor | np.ndarray, classes: Sequence[str] | None = None,
+           background: int | None = None) -> dict:
+    """Pixel accuracy, mean (class) accuracy, mean IoU and frequency-weighted IoU, plus per-class IoU/accuracy;
+    with a ``background`` class index also foreground accuracy (pixel accuracy over pixels whose truth is not
+    background: the fashion-parsing papers' figure, since background dominates those images).
 
     Classes absent from both truth and prediction have undefined IoU (NaN → ``None`` per class) and are left out of
     the means, as ``np.nanmean`` does in the authors' score.py."""
@@ -32,7 +35,7 @@ def scores(hist: torch.Tensor | np.ndarray, classes: Sequence[str] | None = None
     freq = gt / total if total else np.zeros(n)
     names = list(classes) if classes is not None else [str(i) for i in range(n)]
     nanmean = lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")  # noqa: E731
-    return {
+    out = {
         "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
         "mean_accuracy": nanmean(acc_cls),
         "mean_iou": nanmean(iou),
@@ -42,6 +45,11 @@ def scores(hist: torch.Tensor | np.ndarray, classes: Sequence[str] | None = None
                                  "pixels": int(gt[i])} for i in range(n)},
         "pixels": int(total),
     }
+    if background is not None:
+        fg = np.ones(n, dtype=bool)
+        fg[background] = False
+        out["foreground_accuracy"] = float(tp[fg].sum() / gt[fg].sum()) if gt[fg].sum() else float("nan")
+    return out
 
 
 def image_mean_iou(hist: torch.Tensor) -> float:

@@ -106,3 +106,14 @@ def test_help_lists_every_command():
     text = build_parser().format_help()
     for c in ("demo", "train", "evaluate", "predict", "visualize", "plot", "data"):
         assert c in text
+
+
+def test_evaluate_protocol_defaults_come_from_the_recipe_and_flags_override():
+    import argparse
+    from fcnseg.cli import _predict_options
+    ckpt = {"config": {"resize": [180, 240], "eval_flip": True, "eval_scales": [1, 1.25, 1.5]}}
+    ns = lambda **kw: argparse.Namespace(**{"flip": None, "scales": None, "window": None, **kw})  # noqa: E731
+    assert _predict_options(ns(), ckpt) == {"input_size": [180, 240], "flip": True, "scales": [1.0, 1.25, 1.5]}
+    assert _predict_options(ns(flip=False, scales="1"), ckpt) == {"input_size": [180, 240], "scales": [1.0]}
+    assert _predict_options(ns(flip=True), {"config": {}}) == {"flip": True}
+    assert _predict_options(ns(), {}) == {}

@@ -43,3 +43,13 @@ def test_agrees_with_pytorch_fcn(torchfcn):
     s = scores(hist)
     got = (s["pixel_accuracy"], s["mean_accuracy"], s["mean_iou"], s["fw_iou"])
     assert np.allclose(got, ref, rtol=1e-12), (got, ref)
+
+
+def test_foreground_accuracy_by_hand():
+    # truth rows, prediction columns; class 0 background: 90 bg pixels (80 right), 10 fg pixels of class 1 (6 right,
+    # 3 called background, 1 called class 2) and 5 of class 2 (4 right)
+    hist = np.array([[80, 5, 5], [3, 6, 1], [1, 0, 4]])
+    s = scores(hist, ["null", "shirt", "shoes"], background=0)
+    assert s["foreground_accuracy"] == pytest.approx((6 + 4) / 15)
+    assert s["pixel_accuracy"] == pytest.approx(90 / 105)
+    assert "foreground_accuracy" not in scores(hist)

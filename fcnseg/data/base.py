@@ -43,6 +43,7 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
     classes: Sequence[str] = ()
     palette: Sequence[tuple[int, int, int]] | None = None
     ignore_index: int = IGNORE_INDEX
+    background_index: int | None = None  # a background class: metrics then add foreground accuracy
 
     def __init__(self, root: str | Path | None, split: str, transforms: Callable | None = None):
         self.root = Path(root) if root is not None else None

@@ -45,6 +45,7 @@ class CCP(PairedFileDataset):
     """
 
     name = "ccp"
+    background_index = 0  # "null"
     classes = CLASSES
     palette = None
     ignore_index = IGNORE_INDEX

@@ -76,6 +76,7 @@ class _VOCBase(PairedFileDataset):
     classes = CLASSES
     palette = PALETTE
     ignore_index = IGNORE_INDEX  # VOC's border/void; raw values pass through unchanged (no lut)
+    background_index = 0
 
 
 class VOC2012(_VOCBase):
