@@ -134,10 +134,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     # momentum 0.9, weight decay 1e-4, poly), on the camvid recipe's data, budget and evaluation
     "camvid-torchvision-baseline": dict(_CAMVID_DATA, arch="torchvision-fcn", backbone="resnet50", optimizer="sgd",
                                         lr=0.02, momentum=0.9, weight_decay=1e-4, scheduler="poly"),
+    # fashion parsing from scratch: 256×168 (a third of CCP's 836×550 side; 8-minute runs: val pixel accuracy 0.843
+    # at 256×168 with fixed crops vs 0.832 at 320×208 uncropped, 2.3× the iterations), no class weights (the target
+    # is pixel accuracy), flip averaging at evaluation
     "ccp": dict(data="ccp", arch="fcn8s", backbone="resnet18", optimizer="adamw", lr=2e-3, weight_decay=1e-4,
-                batch_size=8, resize=[320, 212], crop_size=None, scale_range=[0.75, 1.25], color_jitter=0.2,
+                batch_size=8, resize=[256, 168], crop_size=[256, 168], scale_range=[0.75, 1.25], color_jitter=0.2,
                 scheduler="poly", warmup_iters=50, max_iters=100_000, time_budget="30m", val_every=400,
-                val_max_images=40, amp="none", channels_last=True),
+                val_max_images=40, amp="none", channels_last=True, eval_flip=True),
 }
 NEEDS_INIT = {"caffe-voc-fcn16s": "an FCN-32s checkpoint", "caffe-voc-fcn8s": "an FCN-16s checkpoint"}
 

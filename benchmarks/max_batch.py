@@ -1,0 +1,98 @@
+"""Largest training batch of FCN-8s VGG16 (aligned) at 512×512 that fits a memory limit (default 12 GiB).
+
+Each trial is one SGD training step in a fresh process; its peak is ``torch.cuda.max_memory_allocated`` on a GPU and
+the process's RSS high-water mark on the CPU. Peak memory grows linearly in the batch, so two small batches give the
+slope; the predicted largest batch is then checked by running it (and the next one, which must not fit):
+
+    python benchmarks/max_batch.py                    # CPU RSS, with and without activation checkpointing
+    python benchmarks/max_batch.py --device cuda      # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def child(spec: dict) -> dict:
+    from fcnseg import build_model
+    from fcnseg.benchmark import peak_rss_mib, train_step
+    dev = torch.device(spec["device"])
+    torch.manual_seed(0)
+    model = build_model("fcn8s", backbone="vgg16", num_classes=21)
+    if spec["checkpointing"]:
+        from fcnseg.checkpointing import enable_activation_checkpointing
+        enable_activation_checkpointing(model)
+    n, s = spec["batch"], spec["size"]
+    x, y = torch.randn(n, 3, s, s), torch.randint(0, 21, (n, s, s))
+    step = train_step(model, x, y, amp=spec["amp"], channels_last=True, device=dev)
+    step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        return {"peak_mib": torch.cuda.max_memory_allocated(dev) / 2**20}
+    return {"peak_mib": peak_rss_mib()}
+
+
+def trial(spec: dict) -> float | None:
+    """Peak MiB of one step, or None when the step ran out of memory."""
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode != 0:
+        if "out of memory" in out.stderr.lower() or out.returncode in (-9, 137):
+            return None
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def largest(base: dict, limit_mib: float, log) -> tuple[int, dict]:
+    peaks = {b: trial(dict(base, batch=b)) for b in (1, 2)}
+    slope = peaks[2] - peaks[1]
+    guess = max(1, int((limit_mib - peaks[1]) // slope) + 1)
+    log(f"  b1 {peaks[1]:.0f} MiB, b2 {peaks[2]:.0f} MiB → {slope:.0f} MiB per image; predicted largest batch {guess}")
+    b = guess
+    while True:  # walk from the prediction to the real boundary
+        p = trial(dict(base, batch=b))
+        peaks[b] = p
+        log(f"  batch {b}: {'out of memory' if p is None else f'{p:.0f} MiB'}")
+        if p is not None and p <= limit_mib:
+            nxt = peaks.get(b + 1) if b + 1 in peaks else trial(dict(base, batch=b + 1))
+            peaks[b + 1] = nxt
+            log(f"  batch {b + 1}: {'out of memory' if nxt is None else f'{nxt:.0f} MiB'}")
+            if nxt is None or nxt > limit_mib:
+                return b, peaks
+            b += 1
+        else:
+            b -= 1
+            if b < 1:
+                return 0, peaks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--limit-gib", type=float, default=12.0)
+    ap.add_argument("--amp", default="none", help="none | bf16 | fp16")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    kind = "max_memory_allocated" if args.device.startswith("cuda") else "process RSS high-water mark"
+    print(f"FCN-8s VGG16 aligned, {args.size}×{args.size}, one SGD step, {args.amp}, channels_last, {args.device} "
+          f"({kind}); limit {args.limit_gib:g} GiB")
+    for ckpt in (False, True):
+        print(f"activation checkpointing {'on' if ckpt else 'off'}:")
+        b, _ = largest({"device": args.device, "size": args.size, "amp": args.amp, "checkpointing": ckpt},
+                       args.limit_gib * 1024, lambda m: print(m, flush=True))
+        print(f"  → largest batch within {args.limit_gib:g} GiB: {b}")
+
+
+if __name__ == "__main__":
+    main()
