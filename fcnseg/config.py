@@ -96,7 +96,7 @@ _CAFFE = dict(data="voc-aug", val_data="seg11valid", val_split="val", optimizer=
 
 _CAMVID_DATA = dict(data="camvid", resize=[180, 240], crop_size=[180, 240], scale_range=[0.75, 1.5], color_jitter=0.2,
                     batch_size=8, max_iters=100_000, time_budget="30m", val_every=300, val_max_images=40,
-                    channels_last=True, amp="none")
+                    channels_last=True, amp="none", eval_flip=True, eval_scales=[1, 1.25, 1.5])
 
 RECIPES: dict[str, dict[str, Any]] = {
     # a small fast FCN on generated scenes: the one-command demo (a few minutes on 2 CPU cores)
@@ -129,7 +129,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # scales 1, 1.25, 1.5 of the training resolution and flips (+1.5 points over single-scale in the same runs)
     "camvid": dict(_CAMVID_DATA, arch="fcn8s", backbone="resnet18", optimizer="adamw", lr=2e-3, weight_decay=1e-4,
                    class_weights=[0.5094, 0.4273, 2.1364, 0.3764, 0.9514, 0.6185, 3.1056, 1.3571, 0.8260, 2.4996,
-                                  2.7132], scheduler="poly", warmup_iters=50, eval_flip=True, eval_scales=[1, 1.25, 1.5]),
+                                  2.7132], scheduler="poly", warmup_iters=50),
     # the peer for RESULTS.md: torchvision's fcn_resnet50 from scratch with torchvision's reference recipe (SGD lr 0.02,
     # momentum 0.9, weight decay 1e-4, poly), on the camvid recipe's data, budget and evaluation
     "camvid-torchvision-baseline": dict(_CAMVID_DATA, arch="torchvision-fcn", backbone="resnet50", optimizer="sgd",

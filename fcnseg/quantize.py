@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .inference import _cpu_flags
 
 SUPPORTED = ("vgg", "resnet")
 
@@ -28,9 +29,21 @@ def _check(model: nn.Module) -> None:
         raise UserError("this PyTorch build has no x86/fbgemm quantized kernels; int8 inference is unavailable")
 
 
+def qconfig_mapping(engine: str):
+    """torch's default for the engine, except that activations use the full 8-bit range on CPUs with VNNI (no
+    intermediate overflow there; torch's default keeps 7 bits for older CPUs). Measured on FCN-8s VGG16 caffe
+    geometry, random weights, 500×500: argmax agreement with fp32 99.868% (7-bit) → 99.929% (8-bit)."""
+    from torch.ao.quantization import (HistogramObserver, QConfig, default_per_channel_weight_observer,
+                                       get_default_qconfig_mapping)
+    mapping = get_default_qconfig_mapping(engine)
+    if {"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags():
+        mapping.set_global(QConfig(activation=HistogramObserver.with_args(reduce_range=False),
+                                   weight=default_per_channel_weight_observer))
+    return mapping
+
+
 def prepare_int8(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A float copy of ``model`` (CPU, eval) whose backbone records activation ranges as it runs (calibration)."""
-    from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
 
     _check(model)
@@ -39,7 +52,7 @@ def prepare_int8(model: nn.Module, example: torch.Tensor) -> nn.Module:
     q = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():  # torch.ao announces its move to torchao on every call
         warnings.simplefilter("ignore")
-        q.backbone = prepare_fx(q.backbone, get_default_qconfig_mapping(engine), example_inputs=(example.cpu(),))
+        q.backbone = prepare_fx(q.backbone, qconfig_mapping(engine), example_inputs=(example.cpu(),))
     q.int8_state = "calibrating"
     return q
 
