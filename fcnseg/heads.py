@@ -34,8 +34,9 @@ def _fit(x: torch.Tensor, size: tuple[int, int], offset: int = 0) -> torch.Tenso
     """Crop ``x`` to ``size`` starting at ``offset``; where it is smaller (Inception's unpadded convolutions),
     resize it bilinearly instead."""
     h, w = size
-    if offset == 0 and x.shape[-2:] == (h, w):
-        return x  # even a full-size slice would cost a zero-filled full-size gradient buffer in backward
+    if offset == 0 and x.shape[-2:] == (h, w) and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        return x  # even a full-size slice would cost a zero-filled full-size gradient buffer in backward (an
+        # exported graph keeps the slice: other input sizes need it)
     if x.shape[-2] >= offset + h and x.shape[-1] >= offset + w:
         return x[:, :, offset:offset + h, offset:offset + w]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -70,7 +71,7 @@ class Upsample(nn.ConvTranspose2d):
         if x.is_contiguous(memory_format=torch.channels_last):
             diag = diag.contiguous(memory_format=torch.channels_last)
         return F.conv_transpose2d(x, diag.to(x.dtype), None, self.stride, self.padding, self.output_padding,
-                                  groups=x.shape[1], dilation=self.dilation)
+                                  groups=diag.shape[0], dilation=self.dilation)
 
 
 class FCN(nn.Module):
