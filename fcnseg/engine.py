@@ -24,6 +24,7 @@ from torch import nn
 from . import distributed as dist
 from .config import TrainConfig, parse_duration, stage_configs
 from .data import get_dataset
+from .data.base import DecodedCache
 from .data.transforms import build_transforms, pad_collate
 from .errors import UserError
 from .inference import Predictor, autocast, select_device
@@ -276,6 +277,28 @@ def _class_weights(cfg: TrainConfig, num_classes: int, device) -> torch.Tensor |
     return torch.tensor([float(w) for w in cw], dtype=torch.float32, device=device)
 
 
+CACHE_LIMIT = 2 * 2**30  # bytes of decoded training samples `cache_decoded: auto` holds in RAM at most
+
+
+def _cache_decoded(cfg: TrainConfig, n: int, log_reason: bool = False) -> bool:
+    """Decode the training set once (``DecodedCache``)? "auto" does when a fixed ``resize`` bounds it to
+    ``CACHE_LIMIT``; true always (the user's call), false never."""
+    choice = str(cfg.cache_decoded).lower()
+    if choice not in ("auto", "true", "false"):
+        raise UserError(f"cache_decoded must be auto, true or false, not {cfg.cache_decoded!r}")
+    if choice != "auto":
+        return choice == "true"
+    if not cfg.resize:
+        return False
+    # 3 image bytes + 1 mask byte per pixel; an int resize sets the short side (allow a 2:1 long side)
+    h, w = (cfg.resize, 2 * cfg.resize) if isinstance(cfg.resize, int) else cfg.resize
+    if n * h * w * 4 > CACHE_LIMIT:
+        if log_reason:
+            log.info("not caching decoded samples: %d × %s would exceed %.0f GiB", n, cfg.resize, CACHE_LIMIT / 2**30)
+        return False
+    return True
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -384,9 +407,19 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                 "iteration": resume_ckpt["iteration"], "best_miou": resume_ckpt.get("best_miou")}
 
     # data
-    train_tf = build_transforms(True, crop_size=cfg.crop_size, scale_range=cfg.scale_range, hflip=cfg.hflip,
-                                color_jitter=cfg.color_jitter, resize=cfg.resize, ignore_index=cfg.ignore_index)
-    train_ds = get_dataset(cfg.data, cfg.root, cfg.train_split, train_tf, **cfg.data_options)
+    def train_tf(resize):
+        return build_transforms(True, crop_size=cfg.crop_size, scale_range=cfg.scale_range, hflip=cfg.hflip,
+                                color_jitter=cfg.color_jitter, resize=resize, ignore_index=cfg.ignore_index)
+
+    train_ds = get_dataset(cfg.data, cfg.root, cfg.train_split, None, **cfg.data_options)
+    if _cache_decoded(cfg, len(train_ds), log_reason=main):
+        train_ds = DecodedCache(train_ds, prepare=build_transforms(False, resize=cfg.resize), transforms=train_tf(None))
+        with _progress(len(train_ds), "decode", progress) as bar:
+            train_ds.fill(bar)
+        if main:
+            log.info("decoded %d training samples once: %.0f MiB in RAM", len(train_ds), train_ds.nbytes() / 2**20)
+    else:
+        train_ds.transforms = train_tf(cfg.resize)
     if cfg.val_data and cfg.val_data != cfg.data:
         val_ds = get_dataset(cfg.val_data, cfg.root, cfg.val_split, None, **cfg.val_data_options)
     else:

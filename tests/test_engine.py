@@ -141,3 +141,36 @@ def test_activation_checkpointing_trains_to_the_same_weights(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), k
+
+
+def test_decoded_cache_trains_to_the_same_weights(tmp_path, caplog):
+    """Decoding the training set once (a recipe with a fixed resize) changes speed, never the samples."""
+    common = dict(max_iters=3, val_every=3, deterministic=True, arch="fcn8s", seed=3, resize=[40, 56],
+                  color_jitter=0.2)
+    with caplog.at_level("INFO", logger="fcnseg"):
+        train(tiny(tmp_path, "cached", **common), progress=False)  # cache_decoded: auto
+    assert "decoded 16 training samples once" in caplog.text
+    train(tiny(tmp_path, "plain", cache_decoded=False, **common), progress=False)
+    cached = load_checkpoint(tmp_path / "cached" / "last.pt")["model"]
+    plain = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
+    for k, v in plain.items():
+        assert torch.equal(v, cached[k]), k
+
+
+def test_decoded_cache_holds_prepared_samples_and_returns_int64_masks():
+    from fcnseg.data import get_dataset
+    from fcnseg.data.base import DecodedCache
+    from fcnseg.data.transforms import build_transforms
+    ds = get_dataset("synthetic", None, "train", None, length=4, size=[48, 64])
+    cache = DecodedCache(ds, prepare=build_transforms(False, resize=[24, 32])).fill()
+    assert cache.num_classes == ds.num_classes and len(cache) == 4
+    image, mask = cache[1]
+    assert image.shape == (3, 24, 32) and mask.shape == (24, 32) and mask.dtype == torch.int64
+    assert cache.masks[1].dtype == torch.uint8
+    from torchvision import tv_tensors
+    ref_image, ref_mask = ds.load(1)
+    ref_image, ref_mask = build_transforms(False, resize=[24, 32])(tv_tensors.Image(ref_image), tv_tensors.Mask(ref_mask))
+    assert torch.equal(image, ref_image) and torch.equal(mask, ref_mask)
+    with pytest.raises(engine.UserError, match="cache_decoded"):
+        engine._cache_decoded(tiny_cfg := resolve_config(None, None, {**TINY, "cache_decoded": "sometimes"}), 4)
+    assert tiny_cfg.cache_decoded == "sometimes"

@@ -129,27 +129,42 @@ def test_forward_backward_any_size(arch, backbone):
     assert first.grad is not None and torch.isfinite(first.grad).all()
 
 
-def test_fixed_upsampling_runs_per_class_and_matches_the_full_deconvolution():
+@pytest.mark.parametrize("stride,padding,output_padding", [(8, 4, 0), (8, 0, 0), (2, 1, 0), (2, 0, 1), (32, 16, 0)])
+def test_fixed_upsampling_fast_paths_match_the_full_deconvolution(stride, padding, output_padding):
+    """The separable (bilinear) and per-class paths give the full C×C deconvolution's numbers, forward and
+    backward, for aligned and caffe padding and either memory format; anything else runs the full layer."""
     from fcnseg.heads import Upsample, bilinear_kernel
     torch.manual_seed(0)
-    up = Upsample(5, 5, 16, stride=8, padding=4, bias=False)
-    full = torch.nn.ConvTranspose2d(5, 5, 16, stride=8, padding=4, bias=False)
+    k = 2 * stride
+    up = Upsample(5, 5, k, stride=stride, padding=padding, output_padding=output_padding, bias=False)
+    full = torch.nn.ConvTranspose2d(5, 5, k, stride=stride, padding=padding, output_padding=output_padding,
+                                    bias=False)
+
+    def check(expected_plan):
+        full.weight.data.copy_(up.weight)
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(2, 5, 7, 9).contiguous(memory_format=fmt).requires_grad_()
+            x2 = x.detach().clone().requires_grad_()
+            y, y2 = up(x), full(x2)
+            assert (up._fast[0] if up._fast else None) == expected_plan
+            torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
+            g = torch.randn_like(y2)
+            y.backward(g)
+            y2.backward(g)
+            torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-4)
+
     with torch.no_grad():
-        up.weight.copy_(bilinear_kernel(5, 16))
-        full.weight.copy_(up.weight)
+        up.weight.copy_(bilinear_kernel(5, k))
     up.weight.requires_grad_(False)
-    for fmt in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(2, 5, 7, 9).contiguous(memory_format=fmt).requires_grad_()
-        x2 = x.detach().clone().requires_grad_()
-        y = up(x)
-        assert up._diag is not None  # the per-class path was taken
-        torch.testing.assert_close(y, full(x2), rtol=1e-5, atol=1e-6)
-        y.square().sum().backward()
-        full(x2).square().sum().backward()
-        torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    check("separable")
+    with torch.no_grad():  # per-class kernels that differ: grouped
+        up.weight[1, 1] *= 0.5
+    check("grouped")
+    with torch.no_grad():  # one kernel, not separable: grouped
+        up.weight.copy_(bilinear_kernel(5, k))
+        up.weight[torch.arange(5), torch.arange(5), 0, 1] += 0.25
+    check("grouped")
     with torch.no_grad():  # a learned (non-diagonal) kernel: the full deconvolution, whatever it holds
+        up.weight.copy_(bilinear_kernel(5, k))
         up.weight[0, 1] += 0.5
-        full.weight.copy_(up.weight)
-    x = torch.randn(1, 5, 4, 4)
-    torch.testing.assert_close(up(x), full(x), rtol=1e-5, atol=1e-6)
-    assert up._diag is None
+    check(None)
