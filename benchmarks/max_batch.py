@@ -32,7 +32,8 @@ def child(spec: dict) -> dict:
         enable_activation_checkpointing(model)
     n, s = spec["batch"], spec["size"]
     x, y = torch.randn(n, 3, s, s), torch.randint(0, 21, (n, s, s))
-    step = train_step(model, x, y, amp=spec["amp"], channels_last=True, device=dev)
+    step = train_step(model, x, y, amp=spec["amp"], channels_last=True, device=dev,
+                      step_in_backward=spec.get("step_in_backward", False))
     step()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -79,6 +80,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--limit-gib", type=float, default=12.0)
     ap.add_argument("--amp", default="none", help="none | bf16 | fp16")
+    ap.add_argument("--configs", default="plain,ckpt,ckpt+sib",
+                    help="comma-separated: plain | ckpt (activation checkpointing) | sib (step in backward) | ckpt+sib")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -87,10 +90,14 @@ def main() -> None:
     kind = "max_memory_allocated" if args.device.startswith("cuda") else "process RSS high-water mark"
     print(f"FCN-8s VGG16 aligned, {args.size}×{args.size}, one SGD step, {args.amp}, channels_last, {args.device} "
           f"({kind}); limit {args.limit_gib:g} GiB")
-    for ckpt in (False, True):
-        print(f"activation checkpointing {'on' if ckpt else 'off'}:")
-        b, _ = largest({"device": args.device, "size": args.size, "amp": args.amp, "checkpointing": ckpt},
-                       args.limit_gib * 1024, lambda m: print(m, flush=True))
+    for config in [c.strip() for c in args.configs.split(",") if c.strip()]:
+        parts = set(config.split("+"))
+        if not parts <= {"plain", "ckpt", "sib"}:
+            raise SystemExit(f"unknown configuration {config!r}; use plain, ckpt, sib or ckpt+sib")
+        print(f"{config} (activation checkpointing {'on' if 'ckpt' in parts else 'off'}, step in backward "
+              f"{'on' if 'sib' in parts else 'off'}):")
+        b, _ = largest({"device": args.device, "size": args.size, "amp": args.amp, "checkpointing": "ckpt" in parts,
+                        "step_in_backward": "sib" in parts}, args.limit_gib * 1024, lambda m: print(m, flush=True))
         print(f"  → largest batch within {args.limit_gib:g} GiB: {b}")
 
 

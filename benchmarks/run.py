@@ -117,7 +117,7 @@ def child_train(spec: dict) -> dict:
     y = torch.randint(0, 21, (n, size, size))
     rss_model = peak_rss_mib()
     step = train_step(model, x, y, amp=spec.get("amp", "none"), channels_last=spec.get("channels_last", False),
-                      fused=spec.get("fused", False), lr=1e-4)
+                      fused=spec.get("fused", False), lr=1e-4, step_in_backward=spec.get("step_in_backward", False))
     times = time_fn(step, repeats=spec["repeats"], warmup=spec.get("warmup", 1))
     return {"times": times, "peak_mib": peak_rss_mib(), "rss_start_mib": rss0, "rss_model_mib": rss_model}
 
@@ -153,6 +153,33 @@ def loader_throughput(workers: int, n: int) -> float:
     rate = n / (time.perf_counter() - t0)
     del it
     return rate
+
+
+def gflop(fn) -> float:
+    """Convolution and matmul GFLOP of one call of ``fn`` (torch.utils.flop_counter; forward and any backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def train_gflop(model, x, y) -> float:
+    """GFLOP of one training step's forward + backward (the optimizer's element-wise update is not counted)."""
+    from fcnseg.engine import pixel_loss
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        pixel_loss(out if torch.is_tensor(out) else out["out"], y).backward()
+    return gflop(step)
+
+
+def gemm_ceiling(dtype=torch.float32, n=2048, repeats=5) -> float:
+    """GFLOP/s of a large square matmul: what this machine's BLAS reaches, the ceiling for convolutions."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    best = min(time_fn(lambda: torch.mm(a, b), repeats=repeats, warmup=0))
+    return 2 * n ** 3 / best / 1e9
 
 
 def profile_table(fn, rows=12) -> str:
@@ -300,12 +327,18 @@ def main() -> None:
         "pytorch-fcn FCN8s fp32": {"impl": "torchfcn"},
         "fcnseg aligned bf16+CL+fused": {"impl": "fcnseg", "amp": "bf16", "channels_last": True, "fused": True},
         "fcnseg aligned fp32+CL+fused": {"impl": "fcnseg", "amp": "none", "channels_last": True, "fused": True},
+        "fcnseg aligned fp32+CL+fused+sib": {"impl": "fcnseg", "amp": "none", "channels_last": True, "fused": True,
+                                             "step_in_backward": True},
     }
     mem_configs = {
         "fcnseg aligned bf16+CL+ckpt": {"impl": "fcnseg", "amp": "bf16", "channels_last": True, "fused": True,
                                         "checkpointing": True},
         "fcnseg aligned fp32+CL+ckpt": {"impl": "fcnseg", "amp": "none", "channels_last": True, "fused": True,
                                         "checkpointing": True},
+        "fcnseg aligned bf16+CL+ckpt+sib": {"impl": "fcnseg", "amp": "bf16", "channels_last": True, "fused": True,
+                                            "checkpointing": True, "step_in_backward": True},
+        "fcnseg aligned fp32+CL+ckpt+sib": {"impl": "fcnseg", "amp": "none", "channels_last": True, "fused": True,
+                                            "checkpointing": True, "step_in_backward": True},
     }
     train = {}
     for batch in (B_SMALL, B_LARGE):
@@ -335,6 +368,17 @@ def main() -> None:
         rows.append({"section": "d", "label": f"{w} workers", "impl": "fcnseg", "value": rate,
                      "per_worker": rate / max(w, 1), "unit": "images/s", "chart": "loader 512² images/s"})
         log(f"(d) loader {w} workers: {rate:.1f} images/s")
+    # arithmetic: how much work each implementation does, and the machine's matmul ceiling -------------------
+    log("arithmetic (flop counts, GEMM ceiling)")
+    xt, yt = torch.randn(B_SMALL, 3, S_TR, S_TR), torch.randint(0, 21, (B_SMALL, S_TR, S_TR))
+    extra["gflop"] = {
+        "train pytorch-fcn": train_gflop(torchfcn_model(), xt * 50, yt),
+        "train fcnseg": train_gflop(fcnseg_model(), xt, yt),
+        "infer pytorch-fcn": gflop(plain_infer_fn(torchfcn_model(), x_caffe)),
+        "infer fcnseg aligned": gflop(plain_infer_fn(fcnseg_model("aligned").eval(), x_im)),
+    }
+    extra["gemm"] = {"fp32": gemm_ceiling(torch.float32), "bf16": gemm_ceiling(torch.bfloat16)}
+    log(f"  {extra['gflop']}, GEMM GFLOP/s {extra['gemm']}")
     # profiles of where fcnseg's time goes -------------------------------------------------------------------
     log("profiles")
     prof = {}
@@ -366,11 +410,11 @@ def write_report(args, rows, train, extra, prof, mach, load_start, load_end, p, 
                       if agree.get(k, 100.0) >= 99.9), key=val.get)
     caffe_agree = agree.get(best_caffe, 100.0)
     peer_b = lambda b: val[f"pytorch-fcn FCN8s fp32 b{b}"]  # noqa: E731
-    best_train = lambda b: min((f"fcnseg aligned bf16+CL+fused b{b}", f"fcnseg aligned fp32+CL+fused b{b}"),  # noqa
-                               key=val.get)
+    best_train = lambda b: min((f"fcnseg aligned bf16+CL+fused b{b}", f"fcnseg aligned fp32+CL+fused b{b}",  # noqa
+                                f"fcnseg aligned fp32+CL+fused+sib b{b}"), key=val.get)
     mem = {r["label"]: r for r in rows if r["section"] == "c"}
     peer_mem = mem[f"pytorch-fcn FCN8s fp32 b{B_LARGE}"]["value"]
-    best_ckpt = min((f"fcnseg aligned bf16+CL+ckpt b{B_LARGE}", f"fcnseg aligned fp32+CL+ckpt b{B_LARGE}"),
+    best_ckpt = min((f"fcnseg aligned {d}+CL+ckpt{s} b{B_LARGE}" for d in ("bf16", "fp32") for s in ("", "+sib")),
                     key=lambda k: mem[k]["value"])
     l32, l16 = extra["loss"]["fp32"][-1], extra["loss"]["bf16"][-1]
     loss_rel = abs(l16 - l32) / abs(l32) * 100
@@ -408,7 +452,9 @@ def write_report(args, rows, train, extra, prof, mach, load_start, load_end, p, 
          "Inputs: synthetic street scenes (fcnseg's `synthetic` dataset) normalised for each model; 21 classes; "
          "random backbone weights (torchvision init; pytorch-fcn holds the same weights converted) and random "
          "score layers (a fresh head predicts zeros everywhere, which would make argmax agreement meaningless). "
-         "CL = channels_last; fused = torch's fused SGD; ckpt = fcnseg activation checkpointing.", "",
+         "CL = channels_last; fused = torch's fused SGD; ckpt = fcnseg activation checkpointing; sib = step in "
+         "backward (each parameter updated as soon as its gradient is complete, then the gradient freed: "
+         "`fcnseg train --step-in-backward`).", "",
          "## Targets", "", "| target | measured | |", "|---|---|---|"]
     L += [f"| {a} | {b} | {c} |" for a, b, c in targets]
     L += ["", f"## (a) Inference, 1×3×{S_INF}×{S_INF}", "", "| configuration | min ms | median ms | peer ÷ this |",
@@ -453,6 +499,30 @@ def write_report(args, rows, train, extra, prof, mach, load_start, load_end, p, 
     for r in rows:
         if r["section"] == "d":
             L.append(f"| {r['label'].split()[0]} | {r['value']:.1f} | {r['per_worker']:.1f} |")
+    g, gemm = extra["gflop"], extra["gemm"]
+    rate = lambda work, seconds: work / seconds  # noqa: E731  (GFLOP/s)
+    tr_peer, tr_ours = val[f"pytorch-fcn FCN8s fp32 b{B_SMALL}"], val[best_train(B_SMALL)]
+    inf_peer, inf_ours = peer_inf / 1e3, val["fcnseg aligned fp32+CL"] / 1e3
+    L += ["", "## Arithmetic: the work each implementation does, and this machine's ceiling", "",
+          "Convolution + matmul FLOPs counted by `torch.utils.flop_counter` (training: forward + backward; the "
+          "optimizer's element-wise update and the loss are not counted), and a 2048² matmul as the ceiling a "
+          "convolution can reach here:", "",
+          "| work | pytorch-fcn GFLOP | fcnseg GFLOP | ratio | pytorch-fcn GFLOP/s | fcnseg GFLOP/s |",
+          "|---|---:|---:|---:|---:|---:|",
+          f"| inference 1×{S_INF}² (fcnseg aligned fp32) | {g['infer pytorch-fcn']:.0f} | {g['infer fcnseg aligned']:.0f} | "
+          f"{g['infer pytorch-fcn'] / g['infer fcnseg aligned']:.2f}× | {rate(g['infer pytorch-fcn'], inf_peer):.0f} | "
+          f"{rate(g['infer fcnseg aligned'], inf_ours):.0f} |",
+          f"| training step {B_SMALL}×{S_TR}² | {g['train pytorch-fcn']:.0f} | {g['train fcnseg']:.0f} | "
+          f"{g['train pytorch-fcn'] / g['train fcnseg']:.2f}× | {rate(g['train pytorch-fcn'], tr_peer):.0f} | "
+          f"{rate(g['train fcnseg'], tr_ours):.0f} |", "",
+          f"2048² matmul on this machine: fp32 {gemm['fp32']:.0f} GFLOP/s, bf16 {gemm['bf16']:.0f} GFLOP/s. "
+          f"The aligned 4.5× inference target needs {g['infer fcnseg aligned'] * 4.5 / inf_peer:.0f} GFLOP/s in "
+          f"fp32 ({g['infer fcnseg aligned'] * 4.5 / inf_peer / gemm['fp32']:.1f}× the fp32 matmul ceiling) — "
+          f"reachable only with fewer bits (int8). The 4× training target needs "
+          f"{g['train fcnseg'] * 4 / tr_peer:.0f} GFLOP/s "
+          f"({g['train fcnseg'] * 4 / tr_peer / gemm['fp32']:.1f}× the fp32 matmul ceiling): the pad-100 input "
+          f"gives pytorch-fcn only {g['train pytorch-fcn'] / g['train fcnseg']:.2f}× fcnseg's work per step, both "
+          "carry the same fc6/fc7 (119 M parameters, a 411 MB fc6 weight gradient and its update every step)."]
     L += ["", f"![benchmarks]({os.path.relpath(png, Path(args.out).resolve().parent)})", "",
           "## Where the time goes (torch.profiler, top ops by self CPU time)", ""]
     for name, table in prof.items():

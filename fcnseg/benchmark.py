@@ -67,10 +67,11 @@ def peak_rss_mib() -> float:
 
 
 def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, amp: str = "none",
-               channels_last: bool = True, lr: float = 1e-3, fused: bool = True,
+               channels_last: bool = True, lr: float = 1e-3, fused: bool = True, step_in_backward: bool = False,
                device: torch.device = torch.device("cpu")) -> Callable[[], float]:
     """A closure running one SGD-momentum step (cross-entropy, fp32 loss) the way ``fcnseg train`` does;
-    it returns the loss. ``fused``: torch's fused SGD kernel when this torch has it for the device."""
+    it returns the loss. ``fused``: torch's fused SGD kernel when this torch has it for the device;
+    ``step_in_backward``: each parameter updated inside backward, its gradient freed (``fcnseg.optim``)."""
     from .engine import pixel_loss
     from .inference import autocast
     model.train().to(device)
@@ -84,6 +85,9 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, a
         opt = None
     opt = opt or torch.optim.SGD(params, lr=lr, momentum=0.9)
     images, masks = images.to(device), masks.to(device)
+    if step_in_backward:
+        from .optim import StepInBackward
+        StepInBackward(opt)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
@@ -91,7 +95,8 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, a
             logits = model(images)
         loss = pixel_loss(logits, masks)
         loss.backward()
-        opt.step()
+        if not step_in_backward:
+            opt.step()
         return loss.item()
     return step
 
@@ -122,6 +127,8 @@ def add_parser(subs, _sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (infer mode)")
     p.add_argument("--checkpointing", action="store_true",
                    help="activation checkpointing of the backbone stages (train mode: less memory, more time)")
+    p.add_argument("--step-in-backward", action="store_true",
+                   help="train mode: update each parameter inside backward and free its gradient (less memory)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_benchmark)
 
@@ -129,7 +136,8 @@ def add_parser(subs, _sub) -> None:
 def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str = "aligned", num_classes: int = 21,
                   size: tuple[int, int] = (500, 500), batch: int = 1, dtype: str = "fp32", device: str = "auto",
                   mode: str = "infer", repeats: int = 5, warmup: int = 1, channels_last: bool = True,
-                  compile: bool = False, checkpointing: bool = False) -> dict:  # noqa: A002
+                  compile: bool = False, checkpointing: bool = False,
+                  step_in_backward: bool = False) -> dict:  # noqa: A002
     """Measure one configuration; returns the figures ``fcnseg benchmark`` prints."""
     from .inference import Predictor, select_device
     from .models import build_model
@@ -168,12 +176,14 @@ def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str
             for name in model.score_layers():
                 getattr(model, name).weight.normal_(0, 0.01, generator=g)
         masks = torch.randint(0, num_classes, (batch, *size), generator=g)
-        step = train_step(model, images, masks, amp=DTYPES[dtype], channels_last=channels_last, device=dev)
+        step = train_step(model, images, masks, amp=DTYPES[dtype], channels_last=channels_last, device=dev,
+                          step_in_backward=step_in_backward)
         times = time_fn(step, repeats=repeats, warmup=warmup, device=dev)
     result = summary(times, batch)
     result.update(model=f"{arch}/{backbone}/{geometry}", params=sum(p.numel() for p in model.parameters()),
                   input=(batch, 3, *size), dtype=dtype, device=str(dev), mode=mode, threads=torch.get_num_threads(),
-                  channels_last=channels_last, checkpointing=checkpointing, compile=compile)
+                  channels_last=channels_last, checkpointing=checkpointing, compile=compile,
+                  step_in_backward=step_in_backward and mode == "train")
     if dev.type == "cuda":
         result["peak_mib"], result["peak_kind"] = torch.cuda.max_memory_allocated(dev) / 2**20, "max_memory_allocated"
     else:
@@ -184,7 +194,7 @@ def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str
 def format_result(r: dict) -> str:
     n, c, h, w = r["input"]
     opts = [o for o, on in (("channels_last", r["channels_last"]), ("checkpointing", r["checkpointing"]),
-                            ("compile", r["compile"])) if on]
+                            ("step in backward", r.get("step_in_backward")), ("compile", r["compile"])) if on]
     return "\n".join([
         f"model       {r['model']}, {r['params'] / 1e6:.1f} M parameters",
         f"setting     {r['mode']}, {n}×{c}×{h}×{w}, {r['dtype']}, {r['device']} ({r['threads']} threads)"
@@ -202,5 +212,6 @@ def cmd_benchmark(args) -> None:
     r = run_benchmark(arch=args.arch, backbone=args.backbone, geometry=args.geometry, num_classes=args.num_classes,
                       size=parse_size(args.size), batch=args.batch, dtype=args.dtype, device=args.device,
                       mode=args.mode, repeats=args.repeats, warmup=args.warmup, channels_last=args.channels_last,
-                      compile=args.compile, checkpointing=args.checkpointing)
+                      compile=args.compile, checkpointing=args.checkpointing,
+                      step_in_backward=args.step_in_backward)
     print(format_result(r))

@@ -71,6 +71,8 @@ def _add_train(subs):
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms")
     p.add_argument("--activation-checkpointing", action="store_true", default=None,
                    help="recompute backbone stages during backward: less memory, more time")
+    p.add_argument("--step-in-backward", action="store_true", default=None,
+                   help="update each parameter inside backward and free its gradient: less peak memory, same update")
     p.add_argument("--debug", action="store_true", default=None,
                    help="histograms of activations/gradients/weights and per-layer gradient norms")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (YAML value)")
@@ -82,7 +84,7 @@ def cmd_train(args):
     from .engine import train
     overrides = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _, _) in TRAIN_FLAGS.items()
                  if getattr(args, flag[2:].replace("-", "_")) is not None}
-    for key in ("channels_last", "deterministic", "debug", "activation_checkpointing"):
+    for key in ("channels_last", "deterministic", "debug", "activation_checkpointing", "step_in_backward"):
         if getattr(args, key):
             overrides[key] = True
     if args.trainable:

@@ -43,6 +43,7 @@ class TrainConfig:
     learnable_upsampling: bool = False
     trainable: list | None = None  # module scopes to train (e.g. ["score_fr", "upscore", "backbone.fc7"]); rest frozen
     activation_checkpointing: bool = False  # recompute backbone stages in backward so larger batches fit
+    step_in_backward: bool = False  # update each parameter as soon as its gradient is complete, then free it
     # loss
     ignore_index: int = 255
     class_weights: str | list | None = None  # a `data stats` JSON path (median-frequency weights) or a list

@@ -30,6 +30,7 @@ from .errors import UserError
 from .inference import Predictor, autocast, select_device
 from .metrics import confusion_matrix, image_mean_iou, scores
 from .models import build_model, model_spec
+from .optim import StepInBackward, build_optimizer
 from .normalization import Normalization
 from .weights import load_state_into, load_weights, safe_torch_load
 
@@ -215,27 +216,6 @@ def _freeze_bn_of_frozen(model: nn.Module) -> None:
             m.eval()
 
 
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    weights, biases = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (biases if name.endswith(".bias") or p.ndim == 1 else weights).append(p)
-    if not weights and not biases:
-        raise UserError("no trainable parameters: check --trainable")
-    groups = [{"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-              {"params": biases, "lr": cfg.lr * cfg.bias_lr_mult,
-               "weight_decay": cfg.weight_decay if cfg.bias_decay else 0.0}]
-    groups = [g for g in groups if g["params"]]
-    for g in groups:
-        g["initial_lr"] = g["lr"]
-    kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    kwargs = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {"betas": tuple(cfg.betas)}
-    try:  # fused kernels: one launch per step instead of one per tensor (CPU and CUDA in recent torch)
-        return kind(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):
-        return kind(groups, **kwargs)
-
-
 def lr_factor(cfg: TrainConfig, iteration: int, progress: float) -> float:
     """Multiplier of the base lr: linear warm-up, then poly / step / cosine / constant over ``progress`` ∈ [0, 1]
     (the larger of iterations done / max_iters and time used / time budget)."""
@@ -291,7 +271,8 @@ def _cache_decoded(cfg: TrainConfig, n: int, log_reason: bool = False) -> bool:
     if not cfg.resize:
         return False
     # 3 image bytes + 1 mask byte per pixel; an int resize sets the short side (allow a 2:1 long side)
-    h, w = (cfg.resize, 2 * cfg.resize) if isinstance(cfg.resize, int) else cfg.resize
+    size = [cfg.resize] if isinstance(cfg.resize, int) else list(cfg.resize)
+    h, w = (size[0], 2 * size[0]) if len(size) == 1 else size[:2]
     if n * h * w * 4 > CACHE_LIMIT:
         if log_reason:
             log.info("not caching decoded samples: %d × %s would exceed %.0f GiB", n, cfg.resize, CACHE_LIMIT / 2**30)
@@ -413,7 +394,8 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
 
     train_ds = get_dataset(cfg.data, cfg.root, cfg.train_split, None, **cfg.data_options)
     if _cache_decoded(cfg, len(train_ds), log_reason=main):
-        train_ds = DecodedCache(train_ds, prepare=build_transforms(False, resize=cfg.resize), transforms=train_tf(None))
+        train_ds = DecodedCache(train_ds, prepare=build_transforms(False, resize=cfg.resize), transforms=train_tf(None),
+                                ignore_index=cfg.ignore_index)
         with _progress(len(train_ds), "decode", progress) as bar:
             train_ds.fill(bar)
         if main:
@@ -463,7 +445,8 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                                                   find_unused_parameters=False)
     base = net.module if world > 1 else net
 
-    optimizer = _optimizer(cfg, model)
+    optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                betas=cfg.betas, bias_lr_mult=cfg.bias_lr_mult, bias_decay=cfg.bias_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     weight = _class_weights(cfg, num_classes, device)
     iteration, best_miou, used_time = 0, -1.0, 0.0
@@ -475,6 +458,16 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         _set_rng_state(resume_ckpt["rng"])
         if main:
             log.info("resuming %s at iteration %d", out, iteration)
+
+    in_backward = None
+    if cfg.step_in_backward:  # update each parameter inside backward and free its gradient (less peak memory)
+        clash = [why for why, bad in (("accum_steps > 1", cfg.accum_steps > 1), ("--amp fp16 (loss scaling)",
+                                      cfg.amp == "fp16"), ("several processes", world > 1),
+                                      ("--debug (gradient summaries)", cfg.debug)) if bad]
+        if clash:
+            raise UserError(f"step_in_backward needs each gradient only once, right after backward; it does not "
+                            f"combine with {', '.join(clash)}")
+        in_backward = StepInBackward(optimizer)
 
     budget = parse_duration(cfg.time_budget)
     batch, accum = cfg.batch_size, cfg.accum_steps
@@ -604,8 +597,9 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                 loss_sum += loss.item() / accum
             if debug_hooks is not None and (iteration + 1) % cfg.log_every == 0:
                 debug_hooks.log_gradients(iteration + 1)
-            scaler.step(optimizer)
-            scaler.update()
+            if in_backward is None:  # (otherwise every parameter was updated during backward)
+                scaler.step(optimizer)
+                scaler.update()
             iteration += 1
             last_loss = loss_sum
             bar.update(1)
@@ -634,6 +628,8 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         bar.close()
         if debug_hooks is not None:
             debug_hooks.remove()
+        if in_backward is not None:  # the returned model must not keep updating itself in later backward passes
+            in_backward.remove()
     metrics = validate()
     checkpoint(True, metrics)
     logger.close()

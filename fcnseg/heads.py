@@ -55,7 +55,8 @@ def _interp_matrix(n: int, kernel: torch.Tensor, stride: int, padding: int, out:
 class Upsample(nn.ConvTranspose2d):
     """The FCN's ``upscore`` deconvolution: a full C×C transposed convolution (the authors' layer, same parameter).
 
-    While it is fixed (the default), its weight is checked once per change and the same numbers are computed cheaper:
+    While it is fixed (the default), its weight is checked once per change (in-place writes bump ``weight._version``;
+    writes through ``.data`` do not) and the same numbers, up to float rounding, are computed cheaper:
     - every class's kernel the same and separable (the bilinear kernel always is): ``A_h @ x @ A_wᵀ``, two matrix
       products that write NCHW logits directly (at 59 classes, 8×59×32×21 → 256×168, a CCP training step:
       fwd+bwd 50 ms, and no 2×43 ms channels_last → NCHW copy of the logits for the loss);
@@ -68,7 +69,8 @@ class Upsample(nn.ConvTranspose2d):
 
     def _plan(self) -> tuple | None:
         w = self.weight
-        if w.requires_grad or self.groups != 1 or w.shape[0] != w.shape[1] or tuple(self.dilation) != (1, 1):
+        if (w.requires_grad or self.bias is not None or self.groups != 1 or w.shape[0] != w.shape[1]
+                or tuple(self.dilation) != (1, 1)):
             return None
         key = (w.data_ptr(), w._version, w.device, w.dtype)
         if key != self._key:

@@ -174,3 +174,46 @@ def test_decoded_cache_holds_prepared_samples_and_returns_int64_masks():
     with pytest.raises(engine.UserError, match="cache_decoded"):
         engine._cache_decoded(tiny_cfg := resolve_config(None, None, {**TINY, "cache_decoded": "sometimes"}), 4)
     assert tiny_cfg.cache_decoded == "sometimes"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_step_in_backward_trains_to_the_same_weights_and_checkpoints_its_state(tmp_path, optimizer):
+    common = dict(max_iters=3, val_every=100, deterministic=True, arch="fcn8s", optimizer=optimizer,
+                  weight_decay=1e-3, bias_lr_mult=2.0, bias_decay=False, momentum=0.9)
+    train(tiny(tmp_path, "plain", **common), progress=False)
+    train(tiny(tmp_path, "inbwd", step_in_backward=True, **common), progress=False)
+    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("plain", "inbwd"))
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
+    assert not torch.equal(a["model"]["score_fr.weight"], torch.zeros_like(a["model"]["score_fr.weight"]))
+    # the optimizer state (momentum / Adam moments) is in the checkpoint, as without step_in_backward
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    for i in sa:
+        for key in sa[i]:
+            torch.testing.assert_close(sa[i][key], sb[i][key], rtol=1e-5, atol=1e-6)
+
+
+def test_step_in_backward_refuses_what_needs_gradients_after_backward(tmp_path):
+    with pytest.raises(engine.UserError, match="step_in_backward .* accum_steps > 1"):
+        train(tiny(tmp_path, max_iters=1, step_in_backward=True, accum_steps=2), progress=False)
+
+
+def test_step_in_backward_follows_lr_after_load_state_dict_and_unhooks():
+    from fcnseg.optim import StepInBackward, build_optimizer
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    opt = build_optimizer(model, "sgd", lr=0.1, momentum=0.9)
+    wrapped = StepInBackward(opt)
+    model(torch.randn(2, 4)).square().sum().backward()
+    assert model[0].weight.grad is None  # updated inside backward, gradient freed
+    opt.load_state_dict(opt.state_dict())  # resume: new param_groups / state dicts
+    for g in opt.param_groups:
+        g["lr"] = 0.0
+    before = model[0].weight.detach().clone()
+    model(torch.randn(2, 4)).square().sum().backward()
+    # lr 0 from the reloaded groups: SGD with momentum still moves by lr × buffer = 0
+    assert torch.equal(model[0].weight, before)
+    wrapped.remove()
+    model(torch.randn(2, 4)).square().sum().backward()
+    assert model[0].weight.grad is not None and torch.equal(model[0].weight, before)

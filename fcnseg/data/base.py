@@ -139,8 +139,9 @@ class DecodedCache(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: SegmentationDataset, prepare: Callable | None = None,
-                 transforms: Callable | None = None):
+                 transforms: Callable | None = None, ignore_index: int = IGNORE_INDEX):
         self.dataset, self.prepare, self.transforms = dataset, prepare, transforms
+        self.small_masks = 0 <= ignore_index <= 255  # uint8 masks only when padding with ignore_index fits them
         self.images: list[torch.Tensor] = []
         self.masks: list[torch.Tensor] = []
 
@@ -148,7 +149,7 @@ class DecodedCache(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getattr__(self, name):  # classes, num_classes, palette, … of the wrapped reader
-        if name in ("dataset", "images", "masks", "prepare", "transforms"):
+        if name in ("dataset", "images", "masks", "prepare", "transforms", "small_masks"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -163,7 +164,7 @@ class DecodedCache(torch.utils.data.Dataset):
             if self.prepare is not None:
                 image, mask = self.prepare(image, mask)
             mask = mask.as_subclass(torch.Tensor)
-            if mask.numel() and int(mask.min()) >= 0 and int(mask.max()) <= 255:
+            if self.small_masks and mask.numel() and int(mask.min()) >= 0 and int(mask.max()) <= 255:
                 mask = mask.to(torch.uint8)
             self.images.append(image.as_subclass(torch.Tensor).contiguous())
             self.masks.append(mask.contiguous())
