@@ -371,9 +371,11 @@ def main() -> None:
     # arithmetic: how much work each implementation does, and the machine's matmul ceiling -------------------
     log("arithmetic (flop counts, GEMM ceiling)")
     xt, yt = torch.randn(B_SMALL, 3, S_TR, S_TR), torch.randint(0, 21, (B_SMALL, S_TR, S_TR))
+    ours = fcnseg_model()
+    extra["param_mib"] = sum(t.numel() * t.element_size() for t in ours.parameters()) / 2**20
     extra["gflop"] = {
         "train pytorch-fcn": train_gflop(torchfcn_model(), xt * 50, yt),
-        "train fcnseg": train_gflop(fcnseg_model(), xt, yt),
+        "train fcnseg": train_gflop(ours, xt, yt),
         "infer pytorch-fcn": gflop(plain_infer_fn(torchfcn_model(), x_caffe)),
         "infer fcnseg aligned": gflop(plain_infer_fn(fcnseg_model("aligned").eval(), x_im)),
     }
@@ -494,6 +496,11 @@ def write_report(args, rows, train, extra, prof, mach, load_start, load_end, p, 
         if r["section"] == "c":
             L.append(f"| {r['label'].rsplit(' b', 1)[0]} | {r['value']:.0f} | {r['base']:.0f} | "
                      f"{r['value'] / peer_mem:.2f}× |")
+    floor = mem[best_ckpt]["base"] + extra["param_mib"]
+    L += ["", f"Floor for SGD with momentum: the RSS after building the model (libraries + fp32 parameters, "
+          f"{mem[best_ckpt]['base']:.0f} MiB) plus one momentum buffer per parameter ({extra['param_mib']:.0f} MiB) "
+          f"is {floor:.0f} MiB = {floor / peer_mem:.2f}× pytorch-fcn's peak before any activation or gradient; "
+          f"0.5× leaves {peer_mem / 2 - floor:.0f} MiB for activations, gradients and workspace."]
     L += ["", "## (d) Data loader, synthetic 512×512 with training augmentation (scale, crop 512, flip)", "",
           "| workers | images/s | images/s per worker |", "|---:|---:|---:|"]
     for r in rows:

@@ -135,6 +135,8 @@ def _add_evaluate(subs):
     p.add_argument("--scales", help="multi-scale averaging, e.g. 0.75,1,1.25 (default: the recipe's eval_scales)")
     p.add_argument("--window", type=int, help="sliding-window inference with tiles of this size")
     p.add_argument("--crf", action="store_true", help="also score DenseCRF-refined predictions (needs pydensecrf2)")
+    p.add_argument("--crf-max-side", type=int, metavar="PX",
+                   help="run the CRF at most this many pixels on the longer side, then upsample (default: full size)")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 | int8 (CPU; VGG/ResNet backbones; "
@@ -177,7 +179,7 @@ def cmd_evaluate(args):
     predictor = Predictor(model, args.device, amp=args.amp)
     opts = _predict_options(args, ckpt)
     result = evaluate(predictor, ds, num_classes=model.num_classes, ignore_index=ds.ignore_index,
-                      max_images=args.max_images, crf=args.crf, **opts)
+                      max_images=args.max_images, crf=args.crf, crf_max_side=args.crf_max_side, **opts)
     if not dist.is_main():
         return
     metrics = scores(result["hist"], classes, ds.background_index)
@@ -187,6 +189,7 @@ def cmd_evaluate(args):
     if args.crf:
         crf_scores = scores(result["hist_crf"], classes, ds.background_index)
         metrics["crf"] = crf_scores
+        metrics["protocol"]["crf_max_side"] = args.crf_max_side
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{ds.name}-{ds.split}"
     atomic_write_text(json.dumps(metrics, indent=2), out / "metrics.json")
     atomic_write_text(metrics_markdown(metrics), out / "metrics.md")
@@ -347,6 +350,7 @@ def _add_visualize(subs):
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crf", action="store_true")
+    p.add_argument("--crf-max-side", type=int, metavar="PX", help="CRF at most this many pixels on the longer side")
     p.add_argument("--out", help="PNG path (default: next to the checkpoint)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_visualize)
@@ -376,7 +380,7 @@ def visualize(checkpoint, args, *, n=8, seed=0, crf=False, out=None, device="aut
         row = [image, colorize(mask, palette), colorize(probs.argmax(0), palette)]
         if crf:
             from .crf import dense_crf
-            row.append(colorize(dense_crf(image, probs), palette))
+            row.append(colorize(dense_crf(image, probs, max_side=getattr(args, "crf_max_side", None)), palette))
         rows.append(row)
     titles = ["input", "truth", "prediction"] + (["CRF"] if crf else [])
     out = Path(out) if out else Path(checkpoint).parent / "visualize.png"

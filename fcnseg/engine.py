@@ -101,7 +101,8 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
 # ----------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(predictor: Predictor, dataset, *, num_classes: int, ignore_index: int = 255,
-             max_images: int | None = None, progress: bool = True, crf: bool = False, **predict_options) -> dict:
+             max_images: int | None = None, progress: bool = True, crf: bool = False, crf_max_side: int | None = None,
+             **predict_options) -> dict:
     """Dataset-wide confusion matrix at each image's original resolution → scores (and per-image mean IoU).
 
     Under torchrun each rank evaluates every world_size-th image (no duplicates) and the matrices are summed.
@@ -126,7 +127,8 @@ def evaluate(predictor: Predictor, dataset, *, num_classes: int, ignore_index: i
             per_image[i], counted[i] = m, 1.0
         if crf:
             from .crf import dense_crf
-            hist_crf += confusion_matrix(mask, dense_crf(image, probs[0].cpu()), num_classes, ignore_index)
+            refined = dense_crf(image, probs[0].cpu(), max_side=crf_max_side)
+            hist_crf += confusion_matrix(mask, refined, num_classes, ignore_index)
         bar.update(1)
     bar.close()
     dist.all_reduce_sum(hist)

@@ -50,6 +50,11 @@ def prepare_int8(model: nn.Module, example: torch.Tensor) -> nn.Module:
     engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
     torch.backends.quantized.engine = engine
     q = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+    from .backbones.vgg import GemmConv2d
+    for name, m in list(q.backbone.named_modules()):  # torch.ao quantizes nn.Conv2d modules
+        if isinstance(m, GemmConv2d):
+            parent, _, child = name.rpartition(".")
+            setattr(q.backbone.get_submodule(parent) if parent else q.backbone, child, m.as_conv2d())
     with warnings.catch_warnings():  # torch.ao announces its move to torchao on every call
         warnings.simplefilter("ignore")
         q.backbone = prepare_fx(q.backbone, qconfig_mapping(engine), example_inputs=(example.cpu(),))

@@ -39,3 +39,19 @@ def test_evaluate_reports_with_and_without_crf(tmp_path):
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert 0 <= m["crf"]["mean_iou"] <= 1 and "mean_iou" in m
     assert "with CRF" in (tmp_path / "ev" / "metrics.md").read_text()
+
+
+def test_crf_at_a_lower_resolution_returns_full_size_labels_that_follow_the_image():
+    g = torch.Generator().manual_seed(1)
+    h, w = 90, 120
+    truth = torch.zeros(h, w, dtype=torch.int64)
+    truth[:, 60:] = 1
+    image = torch.zeros(3, h, w, dtype=torch.uint8)
+    image[:, :, :60] = torch.tensor([200, 40, 40], dtype=torch.uint8).view(3, 1, 1)
+    image[:, :, 60:] = torch.tensor([40, 40, 200], dtype=torch.uint8).view(3, 1, 1)
+    logits = torch.randn(2, h, w, generator=g) * 1.5
+    logits[1] += (truth.float() - 0.5) * 1.0
+    probs = logits.softmax(0)
+    labels = dense_crf(image, probs, max_side=40)
+    assert labels.shape == (h, w) and labels.dtype == torch.int64
+    assert (labels == truth).float().mean() > 0.95

@@ -168,3 +168,41 @@ def test_fixed_upsampling_fast_paths_match_the_full_deconvolution(stride, paddin
         up.weight.copy_(bilinear_kernel(5, k))
         up.weight[0, 1] += 0.5
     check(None)
+
+
+@pytest.mark.parametrize("padding,kernel,fmt", [(3, 7, "channels_last"), (0, 7, "contiguous"), (3, 7, "contiguous"),
+                                                (0, 1, "channels_last"), (0, 1, "contiguous")])
+def test_gemm_conv_matches_the_convolution(padding, kernel, fmt):
+    """VGG's fc6/fc7 run as one matrix product of patches: same outputs and gradients as nn.Conv2d, either memory
+    format, padded (aligned) or not (caffe); traced graphs keep the convolution."""
+    from fcnseg.backbones.vgg import GemmConv2d
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    gemm = GemmConv2d(16, 24, kernel, padding=padding).to(memory_format=memory_format)
+    conv = torch.nn.Conv2d(16, 24, kernel, padding=padding)
+    conv.load_state_dict(gemm.state_dict())
+    x = torch.randn(2, 16, 9, 11).contiguous(memory_format=memory_format).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    y, y2 = gemm(x), conv(x2)
+    torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y2)
+    y.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gemm.weight.grad, conv.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gemm.bias.grad, conv.bias.grad, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        traced = torch.jit.trace(gemm, x.detach())
+    assert any(n.kind() == "aten::_convolution" for n in traced.graph.nodes())
+    GemmConv2d.max_patch_bytes, saved = 0, GemmConv2d.max_patch_bytes  # too large a patch matrix: the convolution
+    try:
+        torch.testing.assert_close(gemm(x.detach()), y2.detach(), rtol=1e-5, atol=1e-5)
+    finally:
+        GemmConv2d.max_patch_bytes = saved
+
+
+def test_vgg_fc6_fc7_are_gemm_convs():
+    from fcnseg.backbones.vgg import GemmConv2d
+    from fcnseg.models import build_model
+    model = build_model("fcn8s", backbone="vgg16", num_classes=3)
+    assert type(model.backbone.fc6) is GemmConv2d and type(model.backbone.fc7) is GemmConv2d

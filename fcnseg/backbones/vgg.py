@@ -16,6 +16,60 @@ from torchvision import models as tvm
 from ..normalization import IMAGENET, CAFFE_BGR
 
 
+def _exporting() -> bool:
+    try:
+        from torch.fx._symbolic_trace import is_fx_symbolic_tracing as fx_tracing
+    except ImportError:  # older torch
+        from torch.fx._symbolic_trace import is_fx_tracing as fx_tracing
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or fx_tracing()
+
+
+class GemmConv2d(nn.Conv2d):
+    """fc6 / fc7: a convolution over a small map (1/32 of the input) with a huge kernel, computed as one matrix
+    product of its patches (im2col) and the weight — the same parameter, the same numbers up to float rounding.
+
+    oneDNN runs these shapes far below the machine's matmul speed: on the 2-core development CPU, fc6 (4096×512×7×7
+    on 2×512×8×8) took 232 ms forward, 765 ms backward and 2×129 ms of weight-layout copies in a 2.4 s training step
+    for 52 GFLOP. Patches are ordered like the weight's memory (channels_last or not), so the weight is never copied.
+    Traced / exported / quantized graphs, and patch matrices over ``max_patch_bytes``, use the convolution.
+    """
+
+    max_patch_bytes = 256 * 2**20
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (_exporting() or self.groups != 1 or self.stride != (1, 1) or self.dilation != (1, 1)
+                or self.padding_mode != "zeros" or isinstance(self.padding, str) or x.dim() != 4):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+        if ho < 1 or wo < 1 or n * ho * wo * c * kh * kw * x.element_size() > self.max_patch_bytes:
+            return super().forward(x)
+        weight = self.weight
+        last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        if (kh, kw) == (1, 1):  # (both memory formats are the same for a 1×1 kernel)
+            cols = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+            wmat = weight.reshape(self.out_channels, c)
+        else:
+            xp = torch.nn.functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+            patches = xp.unfold(2, kh, 1).unfold(3, kw, 1)  # N, C, Ho, Wo, kh, kw (a view)
+            if last:  # weight memory is (O, kh, kw, C)
+                cols = patches.permute(0, 2, 3, 4, 5, 1).reshape(n * ho * wo, kh * kw * c)
+                wmat = weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
+            else:
+                cols = patches.permute(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
+                wmat = weight.reshape(self.out_channels, -1)
+        out = cols @ wmat.t() if self.bias is None else torch.addmm(self.bias, cols, wmat.t())  # (autocast applies)
+        return out.view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)  # NCHW, channels_last memory
+
+    def as_conv2d(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` sharing this layer's parameters (for torch.ao quantization)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, padding=self.padding,
+                         bias=self.bias is not None, device="meta")
+        conv.weight, conv.bias = self.weight, self.bias
+        return conv
+
+
 class VGGBackbone(nn.Module):
     def __init__(self, name: str = "vgg16", *, geometry: str = "aligned"):
         super().__init__()
@@ -31,10 +85,10 @@ class VGGBackbone(nn.Module):
             self.features[0].padding = (100, 100)
         # built on the meta device and then given the classifier's own tensors (reshaped views): a second 470 MB
         # copy of fc6/fc7 would raise the process's peak memory for the whole run (measured: +456 MiB RSS)
-        self.fc6 = nn.Conv2d(512, 4096, 7, padding=0 if geometry == "caffe" else 3, device="meta")
+        self.fc6 = GemmConv2d(512, 4096, 7, padding=0 if geometry == "caffe" else 3, device="meta")
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout2d()
-        self.fc7 = nn.Conv2d(4096, 4096, 1, device="meta")
+        self.fc7 = GemmConv2d(4096, 4096, 1, device="meta")
         self.relu7 = nn.ReLU(inplace=True)
         self.drop7 = nn.Dropout2d()
         self.load_classifier(net.classifier[0], net.classifier[3])
