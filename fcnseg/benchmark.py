@@ -66,6 +66,17 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def reset_peak_rss() -> bool:
+    """Restart the RSS high-water mark at the current RSS (Linux ≥ 4.0: ``5 > /proc/self/clear_refs``), so a later
+    ``peak_rss_mib()`` covers only what runs in between; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, amp: str = "none",
                channels_last: bool = True, lr: float = 1e-3, fused: bool = True, step_in_backward: bool = False,
                device: torch.device = torch.device("cpu")) -> Callable[[], float]:
