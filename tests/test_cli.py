@@ -117,3 +117,13 @@ def test_evaluate_protocol_defaults_come_from_the_recipe_and_flags_override():
     assert _predict_options(ns(flip=False, scales="1"), ckpt) == {"input_size": [180, 240], "scales": [1.0]}
     assert _predict_options(ns(flip=True), {"config": {}}) == {"flip": True}
     assert _predict_options(ns(), {}) == {}
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """The README's first command, shortened: every step of `fcnseg demo` (train, evaluate, predict, visualize,
+    plot) runs and writes its files."""
+    from fcnseg.cli import main
+    assert main(["demo", "--max-iters", "2", "--out", str(tmp_path / "demo")]) == 0
+    assert (tmp_path / "demo" / "eval" / "metrics.json").is_file()
+    assert (tmp_path / "demo" / "run" / "best.pt").is_file()
+    assert (tmp_path / "demo" / "grid.png").is_file() and (tmp_path / "demo" / "curves.png").is_file()
