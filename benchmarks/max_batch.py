@@ -1,8 +1,9 @@
 """Largest training batch of FCN-8s VGG16 (aligned) at 512×512 that fits a memory limit (default 12 GiB).
 
 Each trial is one SGD training step in a fresh process; its peak is ``torch.cuda.max_memory_allocated`` on a GPU and
-the process's RSS high-water mark on the CPU. Peak memory grows linearly in the batch, so two small batches give the
-slope; the predicted largest batch is then checked by running it (and the next one, which must not fit):
+the process's RSS high-water mark on the CPU (where the process's data allocations are also capped at the limit, so a
+batch that cannot fit fails at once). The batch doubles from 4 until a step does not fit, then bisection finds the
+boundary:
 
     python benchmarks/max_batch.py                    # CPU RSS, with and without activation checkpointing
     python benchmarks/max_batch.py --device cuda      # on a GPU
@@ -22,6 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def child(spec: dict) -> dict:
+    if spec.get("limit_mib") and spec["device"] == "cpu":  # allocations past the limit fail at once (Linux)
+        import resource
+        limit = int(spec["limit_mib"] * 2**20)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     from fcnseg import build_model
     from fcnseg.benchmark import peak_rss_mib, train_step
     dev = torch.device(spec["device"])
@@ -45,33 +50,34 @@ def trial(spec: dict) -> float | None:
     """Peak MiB of one step, or None when the step ran out of memory."""
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
     if out.returncode != 0:
-        if "out of memory" in out.stderr.lower() or out.returncode in (-9, 137):
+        err = out.stderr.lower()
+        if any(m in err for m in ("out of memory", "can't allocate memory", "memoryerror")) or out.returncode in (-9, 137):
             return None
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
 def largest(base: dict, limit_mib: float, log) -> tuple[int, dict]:
-    peaks = {b: trial(dict(base, batch=b)) for b in (1, 2)}
-    slope = peaks[2] - peaks[1]
-    guess = max(1, int((limit_mib - peaks[1]) // slope) + 1)
-    log(f"  b1 {peaks[1]:.0f} MiB, b2 {peaks[2]:.0f} MiB → {slope:.0f} MiB per image; predicted largest batch {guess}")
-    b = guess
-    while True:  # walk from the prediction to the real boundary
-        p = trial(dict(base, batch=b))
-        peaks[b] = p
-        log(f"  batch {b}: {'out of memory' if p is None else f'{p:.0f} MiB'}")
-        if p is not None and p <= limit_mib:
-            nxt = peaks.get(b + 1) if b + 1 in peaks else trial(dict(base, batch=b + 1))
-            peaks[b + 1] = nxt
-            log(f"  batch {b + 1}: {'out of memory' if nxt is None else f'{nxt:.0f} MiB'}")
-            if nxt is None or nxt > limit_mib:
-                return b, peaks
-            b += 1
+    """Doubling from batch 4 until a step does not fit (fails, or peaks above the limit), then bisection."""
+    peaks: dict[int, float | None] = {}
+
+    def fits(b: int) -> bool:
+        peaks[b] = trial(dict(base, batch=b, limit_mib=limit_mib))
+        ok = peaks[b] is not None and peaks[b] <= limit_mib
+        log(f"  batch {b}: {'out of memory' if peaks[b] is None else f'{peaks[b]:.0f} MiB'}"
+            f"{'' if ok else ' — does not fit'}")
+        return ok
+
+    lo, hi, b = 0, None, 4
+    while hi is None:
+        if fits(b):
+            lo, b = b, 2 * b
         else:
-            b -= 1
-            if b < 1:
-                return 0, peaks
+            hi = b
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo, peaks
 
 
 def main() -> None:
