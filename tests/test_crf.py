@@ -11,17 +11,21 @@ pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is an optional ex
 from fcnseg.crf import dense_crf  # noqa: E402
 
 
-def test_crf_snaps_noisy_scores_to_image_regions():
-    g = torch.Generator().manual_seed(0)
-    h, w = 40, 60
+def two_regions(h, w, seed):
+    """A red left half and a blue right half, and noisy class scores that are only weakly right on average."""
+    g = torch.Generator().manual_seed(seed)
     truth = torch.zeros(h, w, dtype=torch.int64)
-    truth[:, 30:] = 1
+    truth[:, w // 2:] = 1
     image = torch.zeros(3, h, w, dtype=torch.uint8)
-    image[:, :, :30] = torch.tensor([200, 40, 40], dtype=torch.uint8).view(3, 1, 1)
-    image[:, :, 30:] = torch.tensor([40, 40, 200], dtype=torch.uint8).view(3, 1, 1)
+    image[:, :, :w // 2] = torch.tensor([200, 40, 40], dtype=torch.uint8).view(3, 1, 1)
+    image[:, :, w // 2:] = torch.tensor([40, 40, 200], dtype=torch.uint8).view(3, 1, 1)
     logits = torch.randn(2, h, w, generator=g) * 1.5
     logits[1] += (truth.float() - 0.5) * 1.0  # weakly right on average, wrong on many pixels
-    probs = logits.softmax(0)
+    return image, truth, logits.softmax(0)
+
+
+def test_crf_snaps_noisy_scores_to_image_regions():
+    image, truth, probs = two_regions(40, 60, 0)
     before = (probs.argmax(0) == truth).float().mean()
     after = (dense_crf(image, probs) == truth).float().mean()
     assert before < 0.85 and after > 0.97, (before, after)
@@ -42,16 +46,7 @@ def test_evaluate_reports_with_and_without_crf(tmp_path):
 
 
 def test_crf_at_a_lower_resolution_returns_full_size_labels_that_follow_the_image():
-    g = torch.Generator().manual_seed(1)
-    h, w = 90, 120
-    truth = torch.zeros(h, w, dtype=torch.int64)
-    truth[:, 60:] = 1
-    image = torch.zeros(3, h, w, dtype=torch.uint8)
-    image[:, :, :60] = torch.tensor([200, 40, 40], dtype=torch.uint8).view(3, 1, 1)
-    image[:, :, 60:] = torch.tensor([40, 40, 200], dtype=torch.uint8).view(3, 1, 1)
-    logits = torch.randn(2, h, w, generator=g) * 1.5
-    logits[1] += (truth.float() - 0.5) * 1.0
-    probs = logits.softmax(0)
+    image, truth, probs = two_regions(90, 120, 1)
     labels = dense_crf(image, probs, max_side=40)
-    assert labels.shape == (h, w) and labels.dtype == torch.int64
+    assert labels.shape == (90, 120) and labels.dtype == torch.int64
     assert (labels == truth).float().mean() > 0.95
