@@ -6,6 +6,7 @@ minimum is the figure least disturbed by other processes on a shared machine).
 """
 from __future__ import annotations
 
+import argparse
 import resource
 import statistics
 import sys
@@ -133,8 +134,9 @@ def add_parser(subs, _sub) -> None:
     p.add_argument("--mode", default="infer", help="infer (fcnseg's Predictor) | train (one SGD step)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (default 5)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="keep NCHW (channels_last is the default: faster with oneDNN and cuDNN)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="memory format (default: the measured faster one for the device and mode; "
+                        "on CPUs without AVX-512 training runs NCHW)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (infer mode)")
     p.add_argument("--checkpointing", action="store_true",
                    help="activation checkpointing of the backbone stages (train mode: less memory, more time)")
@@ -146,11 +148,11 @@ def add_parser(subs, _sub) -> None:
 
 def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str = "aligned", num_classes: int = 21,
                   size: tuple[int, int] = (500, 500), batch: int = 1, dtype: str = "fp32", device: str = "auto",
-                  mode: str = "infer", repeats: int = 5, warmup: int = 1, channels_last: bool = True,
+                  mode: str = "infer", repeats: int = 5, warmup: int = 1, channels_last: bool | str | None = "auto",
                   compile: bool = False, checkpointing: bool = False,
                   step_in_backward: bool = False) -> dict:  # noqa: A002
     """Measure one configuration; returns the figures ``fcnseg benchmark`` prints."""
-    from .inference import Predictor, select_device
+    from .inference import Predictor, resolve_channels_last, select_device
     from .models import build_model
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -166,6 +168,7 @@ def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str
         raise UserError(f"--device {device!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
+    channels_last = resolve_channels_last(channels_last, dev, training=mode == "train")
     try:
         model = build_model(arch, backbone=backbone, num_classes=num_classes, geometry=geometry)
     except ValueError as e:

@@ -67,7 +67,8 @@ def _add_train(subs):
     for flag, (_, typ, help_) in TRAIN_FLAGS.items():
         p.add_argument(flag, type=typ, help=help_)
     p.add_argument("--trainable", help="comma-separated module scopes to train, the rest frozen (e.g. head,backbone.fc7)")
-    p.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default auto: the measured faster format for the device)")
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms")
     p.add_argument("--activation-checkpointing", action="store_true", default=None,
                    help="recompute backbone stages during backward: less memory, more time")
@@ -84,7 +85,9 @@ def cmd_train(args):
     from .engine import train
     overrides = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _, _) in TRAIN_FLAGS.items()
                  if getattr(args, flag[2:].replace("-", "_")) is not None}
-    for key in ("channels_last", "deterministic", "debug", "activation_checkpointing", "step_in_backward"):
+    if args.channels_last is not None:
+        overrides["channels_last"] = args.channels_last
+    for key in ("deterministic", "debug", "activation_checkpointing", "step_in_backward"):
         if getattr(args, key):
             overrides[key] = True
     if args.trainable:

@@ -67,7 +67,7 @@ class TrainConfig:
     warmup_iters: int = 0
     # speed / numerics
     amp: str = "none"  # none | bf16 | fp16 (the loss is always computed in fp32)
-    channels_last: bool = False
+    channels_last: bool | str = "auto"  # auto: the measured faster format for the device (inference.channels_last_preferred)
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
@@ -98,14 +98,14 @@ _CAFFE = dict(data="voc-aug", val_data="seg11valid", val_split="val", optimizer=
 
 _CAMVID_DATA = dict(data="camvid", resize=[180, 240], crop_size=[180, 240], scale_range=[0.75, 1.5], color_jitter=0.2,
                     batch_size=8, max_iters=100_000, time_budget="30m", val_every=300, val_max_images=40,
-                    channels_last=True, amp="none", eval_flip=True, eval_scales=[1, 1.25, 1.5], workers=0)
+                    amp="none", eval_flip=True, eval_scales=[1, 1.25, 1.5], workers=0)
 
 RECIPES: dict[str, dict[str, Any]] = {
     # a small fast FCN on generated scenes: the one-command demo (a few minutes on 2 CPU cores)
     "demo": dict(data="synthetic", data_options={"length": 2000, "size": [128, 160]},
                  val_data_options={"length": 60}, arch="fcn8s", backbone="resnet18", optimizer="adamw", lr=2e-3,
                  weight_decay=1e-4, batch_size=8, crop_size=None, scale_range=[0.75, 1.25], max_iters=250,
-                 scheduler="poly", warmup_iters=20, val_every=100, amp="none", channels_last=True, workers=2),
+                 scheduler="poly", warmup_iters=20, val_every=100, amp="none", workers=2),
     # FCN.tensorflow: VGG19 FCN-8s, Adam 1e-4, batch 2, ADE20K with 151 classes ("0 is a class"), 224-256 px
     "fcn-tensorflow": dict(data="ade20k", data_options={"zero_is_class": True}, arch="fcn8s", backbone="vgg19",
                            optimizer="adam", lr=1e-4, weight_decay=0.0, batch_size=2, resize=256, crop_size=224,
@@ -145,7 +145,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ccp": dict(data="ccp", arch="fcn8s", backbone="resnet18", optimizer="adamw", lr=2e-3, weight_decay=1e-4,
                 batch_size=8, resize=[256, 168], crop_size=[256, 168], scale_range=[0.75, 1.25], color_jitter=0.2,
                 scheduler="poly", warmup_iters=50, max_iters=100_000, time_budget="30m", val_every=400,
-                val_max_images=40, amp="none", channels_last=True, eval_flip=True, workers=0),
+                val_max_images=40, amp="none", eval_flip=True, workers=0),
 }
 NEEDS_INIT = {"caffe-voc-fcn16s": "an FCN-32s checkpoint", "caffe-voc-fcn8s": "an FCN-16s checkpoint"}
 
@@ -218,6 +218,8 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"unknown model {name}; see `fcnseg models` (archs fcn32s, fcn16s, fcn8s, fcn8s-atonce; "
                             f"backbones vgg16, vgg19, inception_v3, resnet18/34/50/101, mobilenet_v3_large; "
                             f"geometry caffe only with VGG)")
+    if cfg.channels_last not in (True, False, "auto"):
+        raise UserError(f"channels_last must be true, false or auto, got {cfg.channels_last!r}")
     if cfg.lr <= 0:
         raise UserError(f"lr must be > 0, got {cfg.lr}")
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).is_file():

@@ -27,7 +27,7 @@ from .data import get_dataset
 from .data.base import DecodedCache
 from .data.transforms import build_transforms, pad_collate
 from .errors import UserError
-from .inference import Predictor, autocast, select_device
+from .inference import Predictor, autocast, resolve_channels_last, select_device
 from .metrics import confusion_matrix, image_mean_iou, scores
 from .models import build_model, model_spec
 from .optim import StepInBackward, build_optimizer
@@ -431,7 +431,8 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         from .checkpointing import enable_activation_checkpointing
         enable_activation_checkpointing(model)
     model.to(device)
-    if cfg.channels_last:
+    channels_last = resolve_channels_last(cfg.channels_last, device, training=True)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     net: nn.Module = model
     world = dist.world_size()
@@ -480,8 +481,9 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         raise UserError(f"{cfg.data} split {cfg.train_split!r} has {len(train_ds)} samples, fewer than "
                         f"batch_size × processes = {batch * world}; lower --batch-size")
     if main:
-        log.info("batch: %d per process × %d processes × %d accumulation = %d global; %d classes; %s", batch, world,
-                 accum, batch * world * accum, num_classes, device)
+        log.info("batch: %d per process × %d processes × %d accumulation = %d global; %d classes; %s, %s", batch,
+                 world, accum, batch * world * accum, num_classes, device,
+                 "channels_last" if channels_last else "NCHW")
     seeded = _Seeded(train_ds)
     collate = _collate(cfg.ignore_index)
 
@@ -504,7 +506,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                   "global_batch": batch * world * accum, "device": str(device)})
     stream = batches(iteration * accum)
     bar = _progress(cfg.max_iters, f"train{' ' + stage if stage else ''}", progress, initial=iteration)
-    predictor = Predictor(base, device, amp=cfg.amp, channels_last=cfg.channels_last)
+    predictor = Predictor(base, device, amp=cfg.amp, channels_last=channels_last)
     val_opts = {"input_size": cfg.resize} if cfg.resize else {}
     debug_hooks = _DebugHooks(base, logger) if cfg.debug and main else None
     t_start = time.monotonic() - used_time
@@ -583,7 +585,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                     files = "; ".join(train_ds.describe(i) for i in indices)
                     raise UserError(f"label {v} is outside [0, {num_classes}) and not the ignore index "
                                     f"{cfg.ignore_index} in batch {files}; run `fcnseg data check`")
-                if cfg.channels_last:
+                if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 sync = nullcontext() if (world == 1 or micro == accum - 1) else net.no_sync()
                 with sync:

@@ -40,6 +40,7 @@ def run_cli(*args, cwd=None):
     (["train", "--recipe", "caffe-voc-fcn16s", "--root", "x"], "--init-from"),
     (["train", "--recipe", "demo", "--set", "no_such_key=1"], "unknown config key 'no_such_key'"),
     (["train", "--recipe", "demo", "--time-budget", "soon"], "cannot read time budget 'soon'"),
+    (["train", "--recipe", "demo", "--set", "channels_last=maybe"], "channels_last must be true, false or auto"),
     (["evaluate", "/no/such.pt"], "weight file not found: /no/such.pt"),
     (["predict", "/no/such.pt", "x.png", "--out", "o"], "not found: /no/such.pt"),
     (["train", "--recipe", "demo", "--max-iters", "zero"], "invalid int value"),
@@ -127,3 +128,14 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "eval" / "metrics.json").is_file()
     assert (tmp_path / "demo" / "run" / "best.pt").is_file()
     assert (tmp_path / "demo" / "grid.png").is_file() and (tmp_path / "demo" / "curves.png").is_file()
+
+
+@pytest.mark.parametrize("flag, value", [([], "auto"), (["--channels-last"], True), (["--no-channels-last"], False)])
+def test_train_memory_format_flags(monkeypatch, tmp_path, flag, value):
+    from fcnseg import engine
+    from fcnseg.cli import main
+    seen = {}
+    done = {"out": "r", "best_miou": 0.0, "iteration": 0, "last": "last.pt", "best": "best.pt"}
+    monkeypatch.setattr(engine, "train", lambda cfg, **kw: seen.setdefault("cfg", cfg) and done)
+    main(["train", "--recipe", "demo", "--out", str(tmp_path / "r"), *flag])
+    assert seen["cfg"].channels_last == value

@@ -217,3 +217,34 @@ def test_step_in_backward_follows_lr_after_load_state_dict_and_unhooks():
     wrapped.remove()
     model(torch.randn(2, 4)).square().sum().backward()
     assert model[0].weight.grad is not None and torch.equal(model[0].weight, before)
+
+
+@pytest.mark.parametrize("flags, fmt", [({"avx2", "fma"}, "NCHW"), ({"avx2", "avx512f", "avx512_bf16"}, "channels_last")])
+def test_channels_last_auto_follows_the_cpu(tmp_path, caplog, monkeypatch, flags, fmt):
+    """channels_last=auto (the default) trains in NCHW on CPUs without AVX-512, where oneDNN's channels_last training
+    is slower (measured on an AVX2 EPYC), and in channels_last with AVX-512; true/false override it."""
+    from fcnseg import inference
+    monkeypatch.setattr(inference, "_cpu_flags", lambda: flags)
+    caplog.set_level("INFO", logger="fcnseg")
+    train(tiny(tmp_path, "auto", max_iters=1, val_every=5), progress=False)
+    assert f"cpu, {fmt}" in caplog.text
+    caplog.clear()
+    forced = "NCHW" if fmt == "channels_last" else "channels_last"
+    train(tiny(tmp_path, "forced", max_iters=1, val_every=5, channels_last=forced == "channels_last"), progress=False)
+    assert f"cpu, {forced}" in caplog.text
+
+
+def test_channels_last_choice_is_checked(monkeypatch):
+    from fcnseg import inference
+    from fcnseg.errors import UserError
+    monkeypatch.setattr(inference, "_cpu_flags", lambda: {"avx2"})
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert inference.resolve_channels_last("auto", cpu, training=True) is False
+    assert inference.resolve_channels_last(None, cpu, training=False) is True  # inference: as fast or faster
+    assert inference.resolve_channels_last("auto", cuda, training=True) is True
+    assert inference.resolve_channels_last(True, cpu, training=True) is True
+    with pytest.raises(UserError, match="channels_last must be true, false or auto, got 'sometimes'"):
+        inference.resolve_channels_last("sometimes", cpu, training=True)
+    with pytest.raises(UserError, match="channels_last must be true, false or auto"):
+        resolve_config(None, None, {**TINY, "channels_last": "sometimes"})
+    assert resolve_config("camvid", None, {}).channels_last == "auto"
