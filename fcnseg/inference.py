@@ -38,10 +38,11 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def channels_last_preferred(device: torch.device, training: bool) -> bool:
-    """The faster memory format for this device's convolutions, as measured (BENCHMARKS.md, RESULTS.md):
-    cuDNN and AVX-512 oneDNN run channels_last faster; on a CPU without AVX-512 (AMD EPYC Zen 3, AVX2) training is
-    slower in it (FCN-8s ResNet-18 step on 8×3×180×240: 0.99 s channels_last vs 0.77 s NCHW; FCN-8s VGG16 on
-    2×3×256×256: 7.3 vs 4.9 s) while inference is as fast or a little faster (VGG16 500²: 2158 vs 2302 ms)."""
+    """The faster memory format for this device's convolutions, as measured: cuDNN and AVX-512 oneDNN run
+    channels_last faster (BENCHMARKS.md). On a CPU without AVX-512 (AMD EPYC Zen 3, AVX2; AdamW steps of the two
+    formats interleaved, medians) training is slower in it or no faster — FCN-8s VGG16 on 2×3×256×256: 6.91 s
+    channels_last vs 5.05 s NCHW; FCN-8s ResNet-18 on 8×3×180×240: 1.14 vs 1.13 s — while inference is as fast or
+    a little faster (VGG16 1×3×500×500: 2158 vs 2302 ms)."""
     if device.type == "cuda":
         return True
     if device.type != "cpu":
