@@ -449,7 +449,10 @@ def write_report(args, rows, train, extra, prof, mach, load_start, load_end, p, 
     cmd = "python benchmarks/run.py" + (" --quick" if args.quick else "") + (
         f" --out {shlex.quote(os.path.relpath(args.out, ROOT))}" if Path(args.out).resolve() != ROOT / "BENCHMARKS.md"
         else "")
-    png = ROOT / "benchmarks" / ("benchmarks-quick.png" if args.quick else "benchmarks.png")
+    if Path(args.out).resolve() == ROOT / "BENCHMARKS.md":
+        png = ROOT / "benchmarks" / ("benchmarks-quick.png" if args.quick else "benchmarks.png")
+    else:  # another machine's report keeps its own chart beside it (BENCHMARKS.md's stays as it is)
+        png = Path(args.out).resolve().with_suffix(".png")
     chart(rows, png)
     L = [f"# fcnseg benchmarks{' (quick smoke run: small sizes, few repeats)' if args.quick else ''}", "",
          f"Command: `{cmd}` — one process (training configurations each in a fresh child process so RSS high-water "
