@@ -205,7 +205,7 @@ def machine() -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-        isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in flags]
+        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in flags]
     except (OSError, StopIteration):
         isa = []
     import torchvision
@@ -455,6 +455,7 @@ def write_report(args, rows, train, extra, prof, mach, load_start, load_end, p, 
          met(loss_rel <= 2)),
     ]
     cmd = "python benchmarks/run.py" + (" --quick" if args.quick else "") + (
+        " --no-compile" if args.no_compile else "") + (
         f" --out {shlex.quote(os.path.relpath(args.out, ROOT))}" if Path(args.out).resolve() != ROOT / "BENCHMARKS.md"
         else "")
     if Path(args.out).resolve() == ROOT / "BENCHMARKS.md":
@@ -552,7 +553,7 @@ def write_report(args, rows, train, extra, prof, mach, load_start, load_end, p, 
           f"| training step {B_SMALL}×{S_TR}² | {g['train pytorch-fcn']:.0f} | {g['train fcnseg']:.0f} | "
           f"{g['train pytorch-fcn'] / g['train fcnseg']:.2f}× | {rate(g['train pytorch-fcn'], tr_peer):.0f} | "
           f"{rate(g['train fcnseg'], tr_ours):.0f} |", "",
-          f"2048² matmul on this machine: fp32 {gemm['fp32']:.0f} GFLOP/s, bf16 {gemm['bf16']:.0f} GFLOP/s. "
+          f"2048² matmul on this machine: fp32 {gemm['fp32']:.0f} GFLOP/s, bf16 {gemm['bf16']:.3g} GFLOP/s. "
           f"The aligned 4.5× inference target needs {g['infer fcnseg aligned'] * 4.5 / inf_peer:.0f} GFLOP/s in "
           f"fp32 ({g['infer fcnseg aligned'] * 4.5 / inf_peer / gemm['fp32']:.1f}× the fp32 matmul ceiling) — "
           f"reachable only with fewer bits (int8). The 4× training target needs "
