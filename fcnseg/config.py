@@ -27,6 +27,10 @@ class TrainConfig:
     scale_range: list | None = field(default_factory=lambda: [0.5, 2.0])
     hflip: bool = True
     color_jitter: float = 0.0
+    # progressive resizing: [[progress, scale], ...] — from that share of the run (iterations or time budget, as the lr
+    # schedule counts it) each augmented batch is resized by ``scale`` (images bilinear, masks nearest), e.g.
+    # [[0, 0.67], [0.6, 1]] trains the first 60% at two thirds of the crop size: cheaper steps, more of them
+    size_schedule: list | None = None
     # test-time protocol `fcnseg evaluate` / `predict` default to for this run's checkpoints (flags override);
     # in-training validation stays single-scale and unflipped (it runs every val_every iterations)
     eval_flip: bool = False
@@ -225,8 +229,22 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).is_file():
         raise UserError(f"--resume: checkpoint not found: {cfg.resume} (use --resume auto to continue RUN_DIR)")
     parse_duration(cfg.time_budget)
+    check_size_schedule(cfg.size_schedule)
     if cfg.recipe in NEEDS_INIT and not cfg.init_from and not cfg.resume:
         raise UserError(f"recipe {cfg.recipe} starts from {NEEDS_INIT[cfg.recipe]}: pass --init-from RUN/best.pt")
+
+
+def check_size_schedule(schedule: list | None) -> None:
+    if schedule is None:
+        return
+    try:
+        points = [(float(p), float(s)) for p, s in schedule]
+    except (TypeError, ValueError):
+        points = None
+    if (not points or points[0][0] != 0 or any(not 0 <= p < 1 or not 0 < s <= 4 for p, s in points)
+            or any(a[0] >= b[0] for a, b in zip(points, points[1:]))):
+        raise UserError(f"size_schedule must be [[progress, scale], ...] starting at progress 0, progress increasing "
+                        f"within [0, 1), scale in (0, 4]; got {schedule!r}")
 
 
 def stage_configs(cfg: TrainConfig) -> list[tuple[str | None, TrainConfig]]:

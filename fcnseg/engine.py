@@ -235,6 +235,25 @@ def lr_factor(cfg: TrainConfig, iteration: int, progress: float) -> float:
     return f
 
 
+def size_scale(cfg: TrainConfig, progress: float) -> float:
+    """The ``size_schedule`` scale in force at ``progress`` ∈ [0, 1] (1 without a schedule)."""
+    scale = 1.0
+    for start, s in cfg.size_schedule or ():
+        if progress >= start:
+            scale = float(s)
+    return scale
+
+
+def resize_batch(images: torch.Tensor, masks: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch at ``scale`` of its size: images bilinear (antialiased when shrinking), masks nearest."""
+    if scale == 1.0:
+        return images, masks
+    size = [max(1, round(n * scale)) for n in images.shape[-2:]]
+    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest-exact")[:, 0].to(masks.dtype)
+    return images, masks
+
+
 def pixel_loss(logits: torch.Tensor, masks: torch.Tensor, **kwargs) -> torch.Tensor:
     """Per-pixel cross-entropy in float32 whatever the autocast. Logits are made NCHW-contiguous first: measured,
     cross-entropy on channels_last 8×59×320×208 logits takes 270 ms (forward + backward) against 165 ms in NCHW."""
@@ -563,6 +582,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
     _freeze_bn_of_frozen(net)
     finished_by_time = False
     metrics = None
+    current_scale = 1.0
     try:
         while iteration < cfg.max_iters:
             elapsed = time.monotonic() - t_start
@@ -571,6 +591,12 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                 break
             progress_frac = max(iteration / cfg.max_iters, elapsed / budget if budget else 0.0)
             factor = lr_factor(cfg, iteration, progress_frac)
+            scale = size_scale(cfg, progress_frac)
+            if scale != current_scale:
+                current_scale = scale
+                if main and cfg.size_schedule:
+                    bar.write(f"iter {iteration}: training batches at {scale:g}× the crop size")
+                    logger.write({"iter": iteration, "size_scale": scale})
             for g in optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * factor
             optimizer.zero_grad(set_to_none=True)
@@ -579,6 +605,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                 images, masks, indices = _next_batch(stream)
                 images = base.normalization(images.to(device, non_blocking=True))
                 masks = masks.to(device, non_blocking=True)
+                images, masks = resize_batch(images, masks, scale)
                 bad = (masks >= num_classes) & (masks != cfg.ignore_index) | (masks < 0)
                 if bad.any():
                     v = int(masks[bad][0])

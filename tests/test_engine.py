@@ -1,6 +1,8 @@
 """Training engine: exact resume, two-step and staged recipes, frozen scopes, checkpoints."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -248,3 +250,40 @@ def test_channels_last_choice_is_checked(monkeypatch):
     with pytest.raises(UserError, match="channels_last must be true, false or auto"):
         resolve_config(None, None, {**TINY, "channels_last": "sometimes"})
     assert resolve_config("camvid", None, {}).channels_last == "auto"
+
+
+def test_size_schedule_picks_the_scale_in_force_and_resizes_batches():
+    cfg = resolve_config(None, None, {**TINY, "size_schedule": [[0, 0.5], [0.6, 1]]})
+    assert [engine.size_scale(cfg, p) for p in (0.0, 0.59, 0.6, 1.0)] == [0.5, 0.5, 1.0, 1.0]
+    assert engine.size_scale(resolve_config(None, None, TINY), 0.3) == 1.0
+    images = torch.rand(2, 3, 40, 60)
+    masks = torch.zeros(2, 40, 60, dtype=torch.int64)
+    masks[:, :, 30:] = 255  # the ignore index survives nearest resizing unchanged
+    masks[:, 20:, :30] = 3
+    small_images, small_masks = engine.resize_batch(images, masks, 0.5)
+    assert small_images.shape == (2, 3, 20, 30) and small_masks.shape == (2, 20, 30)
+    assert small_masks.dtype == torch.int64
+    assert set(small_masks.unique().tolist()) == {0, 3, 255}
+    assert (small_masks[:, :, 15:] == 255).all() and (small_masks[:, 10:, :15] == 3).all()
+    # antialiased: the mean brightness of the batch is kept
+    assert torch.allclose(small_images.mean(), images.mean(), atol=0.01)
+    same = engine.resize_batch(images, masks, 1.0)
+    assert same[0] is images and same[1] is masks
+
+
+@pytest.mark.parametrize("bad", [[[0.2, 0.5]], [[0, 0.5], [0, 1]], [[0, 0]], [[0, 0.5], [1.0, 1]], "half", [[0]]])
+def test_size_schedule_is_checked(bad):
+    from fcnseg.errors import UserError
+    with pytest.raises(UserError, match="size_schedule must be"):
+        resolve_config(None, None, {**TINY, "size_schedule": bad})
+
+
+def test_size_schedule_trains_on_smaller_batches_then_full_size(tmp_path, monkeypatch):
+    seen = []
+    real = engine.pixel_loss
+    monkeypatch.setattr(engine, "pixel_loss", lambda logits, masks, **kw: seen.append(tuple(masks.shape[-2:]))
+                        or real(logits, masks, **kw))
+    train(tiny(tmp_path, max_iters=4, val_every=10, size_schedule=[[0, 0.5], [0.5, 1]]), progress=False)
+    assert seen == [(20, 20), (20, 20), (40, 40), (40, 40)]
+    log = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert [r["size_scale"] for r in log if "size_scale" in r] == [0.5, 1.0]
