@@ -85,6 +85,21 @@ def test_checkpointing_saves_fewer_bytes(backbone):
     assert ckpt < 0.5 * plain, (ckpt, plain)
 
 
+def test_vgg_first_block_runs_in_parts():
+    """VGG's full-resolution block is computed, recomputed and backpropagated one half of the batch at a time (the
+    gradients are compared with the plain model's in test_gradients_equal, whose batch of 2 is split too)."""
+    from fcnseg.checkpointing import FIRST_BLOCK_CHUNKS
+    model = enable_activation_checkpointing(_model("vgg16"))
+    seen = []
+    model.backbone.features[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    model.backbone.features[5].register_forward_hook(lambda m, i, o: seen.append(-i[0].shape[0]))  # conv2_1
+    x, y = torch.randn(4, 3, 40, 40), torch.randint(0, 3, (4, 40, 40))
+    F.cross_entropy(model(x), y).backward()
+    assert FIRST_BLOCK_CHUNKS == 2
+    # forward: conv1_1 on two halves, conv2_1 on the whole batch; backward recomputes the same way
+    assert sorted(seen) == [-4, -4, 2, 2, 2, 2], seen
+
+
 def test_inactive_in_eval_and_no_grad():
     model = enable_activation_checkpointing(_model("resnet18"))
     x = torch.randn(1, 3, 64, 64)
