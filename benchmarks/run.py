@@ -259,7 +259,7 @@ def main() -> None:
     quick = args.quick
     S_INF = 128 if quick else 500
     S_TR, B_SMALL, B_LARGE = (64, 1, 2) if quick else (256, 2, 8)
-    R_INF, R_TR = (1, 1) if quick else (3, 2)
+    R_INF, R_TR, R_MEM = (1, 1, 1) if quick else (3, 2, 3)
     STEPS, S_LOSS = (3, 64) if quick else (20, 96)
     rows: list[dict] = []  # one per measured figure
     extra: dict = {}
@@ -361,6 +361,9 @@ def main() -> None:
                 del c[name]
         extra["bf16_training_skipped"] = True
         log("(b/c) no native bf16 on this CPU: bf16 training configurations skipped")
+    # RSS high-water marks vary by a few tens of MiB from process to process (allocator state): the peer and the
+    # checkpointed configurations the memory target compares are measured in R_MEM fresh processes each (minimum)
+    mem_repeated = {"pytorch-fcn FCN8s fp32"} | {n for n in mem_configs if "ckpt+sib" in n}
     train = {}
     for batch in (B_SMALL, B_LARGE):
         todo = dict(configs, **(mem_configs if batch == B_LARGE else {}))
@@ -369,6 +372,10 @@ def main() -> None:
             # the large batch is measured on its first step only (peak memory needs no more; time budget)
             small = batch == B_SMALL
             r = run_child(dict(spec, batch=batch, size=S_TR, repeats=R_TR if small else 1, warmup=1))
+            if not small and name in mem_repeated:  # the peaks the memory target compares: min of R_MEM processes
+                peaks = [r["peak_mib"]] + [run_child(dict(spec, batch=batch, size=S_TR, repeats=1, warmup=1))["peak_mib"]
+                                           for _ in range(R_MEM - 1)]
+                r = dict(r, peak_mib=min(peaks), peaks=peaks)
             train[(name, batch)] = r
             impl = "pytorch-fcn" if spec["impl"] == "torchfcn" else "fcnseg"
             rows.append({"section": "b", "label": f"{name} b{batch}", "impl": impl, "value": min(r["times"]),
@@ -376,8 +383,9 @@ def main() -> None:
                          "chart": f"train step {S_TR}² (s)"})
             if batch == B_LARGE:
                 rows.append({"section": "c", "label": f"{name} b{batch}", "impl": impl, "value": r["peak_mib"],
-                             "base": r["rss_model_mib"], "first": r["peak_first_mib"], "steady": r["steady"], "unit": "MiB", "chart": f"peak train RSS b{batch} (MiB)"})
-            log(f"  min {min(r['times']):.2f} s, peak RSS {r['peak_mib']:.0f} MiB")
+                             "base": r["rss_model_mib"], "first": r["peak_first_mib"], "peaks": r.get("peaks"), "steady": r["steady"], "unit": "MiB", "chart": f"peak train RSS b{batch} (MiB)"})
+            log(f"  min {min(r['times']):.2f} s, peak RSS {r['peak_mib']:.0f} MiB"
+                + (f" (min of {', '.join(f'{v:.0f}' for v in r['peaks'])})" if "peaks" in r else ""))
     log(f"(b) loss after {STEPS} steps, bf16 vs fp32")
     images, masks = synthetic_batch(2, (S_LOSS, S_LOSS))
     curves = {amp: loss_curve(amp, images, masks, STEPS) for amp in ("none", "bf16")}
@@ -414,7 +422,7 @@ def main() -> None:
         prof[f"fcnseg aligned fp32+CL+fused training step {B_SMALL}×{S_TR}²"] = profile_table(step)
     load_end = os.getloadavg()
     report = write_report(args, rows, train, extra, prof, machine(), load_start, load_end,
-                          dict(S_INF=S_INF, S_TR=S_TR, B_SMALL=B_SMALL, B_LARGE=B_LARGE, R_INF=R_INF, R_TR=R_TR,
+                          dict(S_INF=S_INF, S_TR=S_TR, B_SMALL=B_SMALL, B_LARGE=B_LARGE, R_INF=R_INF, R_TR=R_TR, R_MEM=R_MEM,
                                STEPS=STEPS, S_LOSS=S_LOSS), time.monotonic() - t_start)
     print(report)
 
@@ -454,7 +462,7 @@ def write_report(args, rows, train, extra, prof, mach, load_start, load_end, p, 
          f"{peer_b(B_SMALL) / val[best_train(B_SMALL)]:.2f}× ({best_train(B_SMALL)})",
          met(peer_b(B_SMALL) / val[best_train(B_SMALL)] >= 4)),
         (f"peak training RSS b{B_LARGE} ≤ 0.5× pytorch-fcn with checkpointing",
-         f"{mem[best_ckpt]['value'] / peer_mem:.2f}× ({best_ckpt})", met(mem[best_ckpt]["value"] / peer_mem <= 0.5)),
+         f"{mem[best_ckpt]['value'] / peer_mem:.3f}× ({best_ckpt})", met(mem[best_ckpt]["value"] / peer_mem <= 0.5)),
         (f"bf16 loss after {p['STEPS']} steps within 2% of fp32", f"{loss_rel:.2f}% ({l16:.4f} vs {l32:.4f})",
          met(loss_rel <= 2)),
     ]
@@ -525,12 +533,15 @@ def write_report(args, rows, train, extra, prof, mach, load_start, load_end, p, 
            "(`/proc/self/clear_refs`) after a first step, whose own peak — it also allocates the momentum buffers — "
            "is in the last column." if steady else
            "Peak = the whole process (this kernel cannot restart the high-water mark), first step included."), "",
+          f"Rows with several figures: the minimum of {p['R_MEM']} fresh processes (the high-water mark varies by tens of "
+          "MiB between processes).", "",
           "| configuration | peak MiB | RSS after building the model, MiB | this ÷ pytorch-fcn | first-step peak MiB |",
           "|---|---:|---:|---:|---:|"]
     for r in rows:
         if r["section"] == "c":
-            L.append(f"| {r['label'].rsplit(' b', 1)[0]} | {r['value']:.0f} | {r['base']:.0f} | "
-                     f"{r['value'] / peer_mem:.2f}× | {r['first']:.0f} |")
+            each = f" (min of {', '.join(f'{v:.0f}' for v in r['peaks'])})" if r.get("peaks") else ""
+            L.append(f"| {r['label'].rsplit(' b', 1)[0]} | {r['value']:.0f}{each} | {r['base']:.0f} | "
+                     f"{r['value'] / peer_mem:.3f}× | {r['first']:.0f} |")
     floor = mem[best_ckpt]["base"] + extra["param_mib"]
     L += ["", f"Floor for SGD with momentum: the RSS after building the model (libraries + fp32 parameters, "
           f"{mem[best_ckpt]['base']:.0f} MiB) plus one momentum buffer per parameter ({extra['param_mib']:.0f} MiB) "

@@ -50,7 +50,7 @@ TRAIN_FLAGS = {  # flag → (config key, type, help)
     "--crop-size": ("crop_size", int, "random crop size (px)"),
     "--class-weights": ("class_weights", str, "JSON written by `fcnseg data stats` (median-frequency weights)"),
     "--ignore-index": ("ignore_index", int, "label ignored by loss and metrics (255)"),
-    "--amp": ("amp", str, "none | bf16 | fp16 autocast (loss always fp32)"),
+    "--amp": ("amp", str, "none | bf16 | fp16 | auto (bf16 where native and measured faster) autocast (loss always fp32)"),
     "--seed": ("seed", int, "random seed"),
     "--val-every": ("val_every", int, "validate and checkpoint every N iterations"),
     "--workers": ("workers", int, "DataLoader worker processes"),

@@ -70,7 +70,7 @@ class TrainConfig:
     step_gamma: float = 0.1
     warmup_iters: int = 0
     # speed / numerics
-    amp: str = "none"  # none | bf16 | fp16 (the loss is always computed in fp32)
+    amp: str = "none"  # none | bf16 | fp16 | auto (bf16 where native and measured faster; the loss is always fp32)
     channels_last: bool | str = "auto"  # auto: the measured faster format for the device (inference.channels_last_preferred)
     device: str = "auto"
     seed: int = 0
@@ -102,7 +102,7 @@ _CAFFE = dict(data="voc-aug", val_data="seg11valid", val_split="val", optimizer=
 
 _CAMVID_DATA = dict(data="camvid", resize=[180, 240], crop_size=[180, 240], scale_range=[0.75, 1.5], color_jitter=0.2,
                     batch_size=8, max_iters=100_000, time_budget="30m", val_every=300, val_max_images=40,
-                    amp="none", eval_flip=True, eval_scales=[1, 1.25, 1.5], workers=0)
+                    amp="auto", eval_flip=True, eval_scales=[1, 1.25, 1.5], workers=0)
 
 RECIPES: dict[str, dict[str, Any]] = {
     # a small fast FCN on generated scenes: the one-command demo (a few minutes on 2 CPU cores)
@@ -208,7 +208,7 @@ def resolve_config(recipe: str | None = None, yaml_path: str | Path | None = Non
 
 def validate(cfg: TrainConfig) -> None:
     choices = {"optimizer": ("sgd", "adam", "adamw"), "scheduler": ("poly", "step", "cosine", "constant"),
-               "amp": ("none", "bf16", "fp16"), "loss_reduction": ("mean", "sum")}
+               "amp": ("none", "bf16", "fp16", "auto"), "loss_reduction": ("mean", "sum")}
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise UserError(f"unknown {key} {getattr(cfg, key)!r}; valid: {', '.join(valid)}")

@@ -27,7 +27,7 @@ from .data import get_dataset
 from .data.base import DecodedCache
 from .data.transforms import build_transforms, pad_collate
 from .errors import UserError
-from .inference import Predictor, autocast, resolve_channels_last, select_device
+from .inference import Predictor, autocast, resolve_amp, resolve_channels_last, select_device
 from .metrics import confusion_matrix, image_mean_iou, scores
 from .models import build_model, model_spec
 from .optim import StepInBackward, build_optimizer
@@ -451,6 +451,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         enable_activation_checkpointing(model)
     model.to(device)
     channels_last = resolve_channels_last(cfg.channels_last, device, training=True)
+    amp = resolve_amp(device, cfg.amp)  # the config keeps "auto": a resumed run decides again on its machine
     if channels_last:
         model.to(memory_format=torch.channels_last)
     net: nn.Module = model
@@ -469,7 +470,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
 
     optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                                 betas=cfg.betas, bias_lr_mult=cfg.bias_lr_mult, bias_decay=cfg.bias_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     weight = _class_weights(cfg, num_classes, device)
     iteration, best_miou, used_time = 0, -1.0, 0.0
     if resume_ckpt is not None:
@@ -484,7 +485,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
     in_backward = None
     if cfg.step_in_backward:  # update each parameter inside backward and free its gradient (less peak memory)
         clash = [why for why, bad in (("accum_steps > 1", cfg.accum_steps > 1), ("--amp fp16 (loss scaling)",
-                                      cfg.amp == "fp16"), ("several processes", world > 1),
+                                      amp == "fp16"), ("several processes", world > 1),
                                       ("--debug (gradient summaries)", cfg.debug)) if bad]
         if clash:
             raise UserError(f"step_in_backward needs each gradient only once, right after backward; it does not "
@@ -500,9 +501,9 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         raise UserError(f"{cfg.data} split {cfg.train_split!r} has {len(train_ds)} samples, fewer than "
                         f"batch_size × processes = {batch * world}; lower --batch-size")
     if main:
-        log.info("batch: %d per process × %d processes × %d accumulation = %d global; %d classes; %s, %s", batch,
+        log.info("batch: %d per process × %d processes × %d accumulation = %d global; %d classes; %s, %s, %s", batch,
                  world, accum, batch * world * accum, num_classes, device,
-                 "channels_last" if channels_last else "NCHW")
+                 "channels_last" if channels_last else "NCHW", "fp32" if amp == "none" else amp)
     seeded = _Seeded(train_ds)
     collate = _collate(cfg.ignore_index)
 
@@ -525,7 +526,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                   "global_batch": batch * world * accum, "device": str(device)})
     stream = batches(iteration * accum)
     bar = _progress(cfg.max_iters, f"train{' ' + stage if stage else ''}", progress, initial=iteration)
-    predictor = Predictor(base, device, amp=cfg.amp, channels_last=channels_last)
+    predictor = Predictor(base, device, amp=amp, channels_last=channels_last)
     val_opts = {"input_size": cfg.resize} if cfg.resize else {}
     debug_hooks = _DebugHooks(base, logger) if cfg.debug and main else None
     t_start = time.monotonic() - used_time
@@ -616,7 +617,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                     images = images.contiguous(memory_format=torch.channels_last)
                 sync = nullcontext() if (world == 1 or micro == accum - 1) else net.no_sync()
                 with sync:
-                    with autocast(device, cfg.amp):
+                    with autocast(device, amp):
                         logits = net(images)
                     loss = pixel_loss(logits, masks, weight=weight, ignore_index=cfg.ignore_index,
                                       reduction=cfg.loss_reduction)

@@ -236,6 +236,34 @@ def test_channels_last_auto_follows_the_cpu(tmp_path, caplog, monkeypatch, flags
     assert f"cpu, {forced}" in caplog.text
 
 
+@pytest.mark.parametrize("faster, shown", [(True, "bf16"), (False, "fp32")])
+def test_amp_auto_follows_the_bf16_probe(tmp_path, caplog, monkeypatch, faster, shown):
+    """amp=auto trains in bf16 only where the probe measured bf16 convolutions faster; the config keeps "auto"."""
+    from fcnseg import inference
+    monkeypatch.setattr(inference, "cpu_bf16_faster", lambda: faster)
+    caplog.set_level("INFO", logger="fcnseg")
+    train(tiny(tmp_path, "auto", amp="auto", max_iters=1, val_every=5), progress=False)
+    assert f"cpu, NCHW, {shown}" in caplog.text or f"cpu, channels_last, {shown}" in caplog.text
+    assert load_checkpoint(tmp_path / "auto" / "last.pt")["config"]["amp"] == "auto"
+
+
+def test_bf16_probe(monkeypatch):
+    from fcnseg import inference
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(inference, "_native_bf16", lambda: False)  # AVX2: emulated bf16 is never chosen
+    inference.cpu_bf16_faster.cache_clear()
+    try:
+        assert inference.cpu_bf16_faster() is False
+        assert inference.resolve_amp(cpu, "auto") == "none" and inference.resolve_amp(cpu, "bf16") == "bf16"
+        monkeypatch.setattr(inference, "_native_bf16", lambda: True)  # measured: a bool, cached
+        inference.cpu_bf16_faster.cache_clear()
+        first = inference.cpu_bf16_faster()
+        assert isinstance(first, bool) and inference.cpu_bf16_faster() is first
+        assert inference.resolve_amp(cpu, "auto") == ("bf16" if first else "none")
+    finally:
+        inference.cpu_bf16_faster.cache_clear()
+
+
 def test_channels_last_choice_is_checked(monkeypatch):
     from fcnseg import inference
     from fcnseg.errors import UserError
