@@ -385,7 +385,7 @@ def main() -> None:
                 rows.append({"section": "c", "label": f"{name} b{batch}", "impl": impl, "value": r["peak_mib"],
                              "base": r["rss_model_mib"], "first": r["peak_first_mib"], "peaks": r.get("peaks"), "steady": r["steady"], "unit": "MiB", "chart": f"peak train RSS b{batch} (MiB)"})
             log(f"  min {min(r['times']):.2f} s, peak RSS {r['peak_mib']:.0f} MiB"
-                + (f" (min of {', '.join(f'{v:.0f}' for v in r['peaks'])})" if "peaks" in r else ""))
+                + (f" (min of {', '.join(f'{v:.0f}' for v in r['peaks'])})" if len(r.get("peaks") or []) > 1 else ""))
     log(f"(b) loss after {STEPS} steps, bf16 vs fp32")
     images, masks = synthetic_batch(2, (S_LOSS, S_LOSS))
     curves = {amp: loss_curve(amp, images, masks, STEPS) for amp in ("none", "bf16")}
@@ -539,7 +539,7 @@ def write_report(args, rows, train, extra, prof, mach, load_start, load_end, p, 
           "|---|---:|---:|---:|---:|"]
     for r in rows:
         if r["section"] == "c":
-            each = f" (min of {', '.join(f'{v:.0f}' for v in r['peaks'])})" if r.get("peaks") else ""
+            each = f" (min of {', '.join(f'{v:.0f}' for v in r['peaks'])})" if len(r.get("peaks") or []) > 1 else ""
             L.append(f"| {r['label'].rsplit(' b', 1)[0]} | {r['value']:.0f}{each} | {r['base']:.0f} | "
                      f"{r['value'] / peer_mem:.3f}× | {r['first']:.0f} |")
     floor = mem[best_ckpt]["base"] + extra["param_mib"]
