@@ -257,7 +257,9 @@ def test_bf16_probe(monkeypatch):
         assert inference.resolve_amp(cpu, "auto") == "none" and inference.resolve_amp(cpu, "bf16") == "bf16"
         monkeypatch.setattr(inference, "_native_bf16", lambda: True)  # measured: a bool, cached
         inference.cpu_bf16_faster.cache_clear()
+        state = torch.get_rng_state()
         first = inference.cpu_bf16_faster()
+        assert torch.equal(torch.get_rng_state(), state)  # a seeded run's random stream is untouched
         assert isinstance(first, bool) and inference.cpu_bf16_faster() is first
         assert inference.resolve_amp(cpu, "auto") == ("bf16" if first else "none")
     finally:
