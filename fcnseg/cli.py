@@ -46,6 +46,7 @@ TRAIN_FLAGS = {  # flag → (config key, type, help)
     "--optimizer": ("optimizer", str, "sgd | adam | adamw"),
     "--scheduler": ("scheduler", str, "poly | step | cosine | constant"),
     "--warmup-iters": ("warmup_iters", int, "linear warm-up iterations"),
+    "--ema-decay": ("ema_decay", float, "validate and save an exponential moving average of the weights (e.g. 0.999)"),
     "--weight-decay": ("weight_decay", float, "weight decay"),
     "--crop-size": ("crop_size", int, "random crop size (px)"),
     "--class-weights": ("class_weights", str, "JSON written by `fcnseg data stats` (median-frequency weights)"),
@@ -141,6 +142,8 @@ def _add_evaluate(subs):
     p.add_argument("--crf-max-side", type=int, metavar="PX",
                    help="run the CRF at most this many pixels on the longer side, then upsample (default: full size)")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--no-ema", dest="ema", action="store_false",
+                   help="score the last training weights instead of their moving average (runs with ema_decay)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 | int8 (CPU; VGG/ResNet backbones; "
                    "calibrates on the first 4 images, which run in fp32)")
@@ -173,7 +176,7 @@ def cmd_evaluate(args):
     from .inference import Predictor
     from .metrics import scores
     dist.init_from_env()
-    model, ckpt = model_from_checkpoint(args.checkpoint)
+    model, ckpt = model_from_checkpoint(args.checkpoint, ema=getattr(args, "ema", True))
     ds = _dataset_for(ckpt, args)
     if ds.num_classes > model.num_classes:
         raise UserError(f"{args.data or ds.name} has {ds.num_classes} classes but {args.checkpoint} predicts "
@@ -189,6 +192,8 @@ def cmd_evaluate(args):
     metrics.update(per_image_mean_iou=result["per_image_mean_iou"], images=result["images"],
                    checkpoint=str(args.checkpoint), dataset=ds.name, split=ds.split,
                    protocol={"flip": False, "scales": [1.0], "amp": args.amp, **opts})
+    if "raw_model" in ckpt:  # a run with ema_decay: which of its weights were scored
+        metrics["protocol"]["weights"] = "ema" if getattr(args, "ema", True) else "raw"
     if args.crf:
         crf_scores = scores(result["hist_crf"], classes, ds.background_index)
         metrics["crf"] = crf_scores

@@ -69,6 +69,9 @@ class TrainConfig:
     step_size: int = 1000
     step_gamma: float = 0.1
     warmup_iters: int = 0
+    # keep an exponential moving average of the weights (decay per iteration, e.g. 0.999; its horizon grows as about
+    # the last 10% of the run, see optim.WeightEMA): validation, best.pt and last.pt use the average
+    ema_decay: float | None = None
     # speed / numerics
     amp: str = "none"  # none | bf16 | fp16 | auto (bf16 where native and measured faster; the loss is always fp32)
     channels_last: bool | str = "auto"  # auto: the measured faster format for the device (inference.channels_last_preferred)
@@ -135,10 +138,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # real data, from scratch on a CPU (see RESULTS.md): half resolution (evaluated at full resolution), the square
     # root of SegNet's median-frequency class weights (the full weights over-predict thin classes: 10-minute runs,
     # full val mIoU 0.519 unweighted / 0.554 sqrt), AdamW with poly decay over the time budget; evaluation averages
-    # scales 1, 1.25, 1.5 of the training resolution and flips (+1.5 points over single-scale in the same runs)
+    # scales 1, 1.25, 1.5 of the training resolution and flips (+1.5 points over single-scale in the same runs);
+    # validation and the checkpoints use a moving average of the weights (ema_decay; RESULTS.md compares both)
     "camvid": dict(_CAMVID_DATA, arch="fcn8s", backbone="resnet18", optimizer="adamw", lr=2e-3, weight_decay=1e-4,
                    class_weights=[0.5094, 0.4273, 2.1364, 0.3764, 0.9514, 0.6185, 3.1056, 1.3571, 0.8260, 2.4996,
-                                  2.7132], scheduler="poly", warmup_iters=50),
+                                  2.7132], scheduler="poly", warmup_iters=50, ema_decay=0.999),
     # the peer for RESULTS.md: torchvision's fcn_resnet50 from scratch with torchvision's reference recipe (SGD lr 0.02,
     # momentum 0.9, weight decay 1e-4, poly), on the camvid recipe's data, budget and evaluation
     "camvid-torchvision-baseline": dict(_CAMVID_DATA, arch="torchvision-fcn", backbone="resnet50", optimizer="sgd",
@@ -224,6 +228,8 @@ def validate(cfg: TrainConfig) -> None:
                             f"geometry caffe only with VGG)")
     if cfg.channels_last not in (True, False, "auto"):
         raise UserError(f"channels_last must be true, false or auto, got {cfg.channels_last!r}")
+    if cfg.ema_decay is not None and not 0 < float(cfg.ema_decay) < 1:
+        raise UserError(f"ema_decay must be in (0, 1) (e.g. 0.999), got {cfg.ema_decay}")
     if cfg.lr <= 0:
         raise UserError(f"lr must be > 0, got {cfg.lr}")
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).is_file():

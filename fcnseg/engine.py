@@ -30,7 +30,7 @@ from .errors import UserError
 from .inference import Predictor, autocast, resolve_amp, resolve_channels_last, select_device
 from .metrics import confusion_matrix, image_mean_iou, scores
 from .models import build_model, model_spec
-from .optim import StepInBackward, build_optimizer
+from .optim import StepInBackward, WeightEMA, build_optimizer
 from .normalization import Normalization
 from .weights import load_state_into, load_weights, safe_torch_load
 
@@ -82,9 +82,13 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint was saved from, with its weights and normalisation."""
+def model_from_checkpoint(path: str | Path, ema: bool = True) -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint was saved from, with its weights and normalisation. A run trained with
+    ``ema_decay`` saves the weight average as ``model`` and the last training weights as ``raw_model``; ``ema=False``
+    loads the latter (the same weights for a run without EMA)."""
     ckpt = load_checkpoint(path)
+    if not ema and "raw_model" in ckpt:
+        ckpt = dict(ckpt, model=ckpt["raw_model"])
     spec = ckpt["model_spec"]
     try:
         model = build_model(spec["arch"], backbone=spec["backbone"], num_classes=spec["num_classes"],
@@ -443,7 +447,9 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         log.info("initialised from %s: %d tensors loaded, %d new", cfg.init_from, report["loaded"],
                  len(report["missing"]))
     if resume_ckpt is not None:
-        load_state_into(model, resume_ckpt["model"], "resume checkpoint", strict_classes=True, require_all=True)
+        # the training weights (``model`` is their average when the run keeps an EMA)
+        load_state_into(model, resume_ckpt.get("raw_model", resume_ckpt["model"]), "resume checkpoint",
+                        strict_classes=True, require_all=True)
         model.normalization = Normalization.from_dict(resume_ckpt["model_spec"]["normalization"])
     _scope_params(model, cfg.trainable)
     if cfg.activation_checkpointing:  # recompute backbone stages in backward: less memory, ~25 % more time
@@ -473,6 +479,11 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     weight = _class_weights(cfg, num_classes, device)
     iteration, best_miou, used_time = 0, -1.0, 0.0
+    # the weight average validation and checkpoints use (``ema_decay``); made before StepInBackward hooks the model
+    ema = WeightEMA(base, cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None and resume_ckpt is not None and "raw_model" in resume_ckpt:
+        load_state_into(ema.module, resume_ckpt["model"], "resume checkpoint", strict_classes=True, require_all=True)
+        ema.updates = resume_ckpt.get("ema_updates", 0)
     if resume_ckpt is not None:
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         scaler.load_state_dict(resume_ckpt["scaler"])
@@ -526,7 +537,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                   "global_batch": batch * world * accum, "device": str(device)})
     stream = batches(iteration * accum)
     bar = _progress(cfg.max_iters, f"train{' ' + stage if stage else ''}", progress, initial=iteration)
-    predictor = Predictor(base, device, amp=amp, channels_last=channels_last)
+    predictor = Predictor(base if ema is None else ema.module, device, amp=amp, channels_last=channels_last)
     val_opts = {"input_size": cfg.resize} if cfg.resize else {}
     debug_hooks = _DebugHooks(base, logger) if cfg.debug and main else None
     t_start = time.monotonic() - used_time
@@ -540,7 +551,9 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
             best_miou = metrics["mean_iou"]
         if not main:
             return
-        state = {"model": base.state_dict(), "model_spec": model_spec(base), "optimizer": optimizer.state_dict(),
+        weights = {"model": base.state_dict()} if ema is None else {
+            "model": ema.module.state_dict(), "raw_model": base.state_dict(), "ema_updates": ema.updates}
+        state = {**weights, "model_spec": model_spec(base), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict(), "iteration": iteration, "best_miou": best_miou,
                  # the schedule is a pure function of (iteration, progress): this records where it stands
                  "scheduler": {"name": cfg.scheduler, "lr_factor": optimizer.param_groups[0]["lr"] / cfg.lr,
@@ -632,6 +645,8 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
             if in_backward is None:  # (otherwise every parameter was updated during backward)
                 scaler.step(optimizer)
                 scaler.update()
+            if ema is not None:
+                ema.update()
             iteration += 1
             last_loss = loss_sum
             bar.update(1)

@@ -7,6 +7,8 @@ compute each parameter's step from its own gradient and state only.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -79,3 +81,35 @@ class StepInBackward:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+class WeightEMA:
+    """An exponential moving average of a model's parameters and floating-point buffers (BatchNorm statistics),
+    kept in a frozen copy of the model (``module``) that validation and the saved checkpoints use.
+
+    After ``n`` updates the decay is ``min(decay, (1 + n) / (10 + n))`` (TensorFlow's ``num_updates`` rule, as in
+    timm's ModelEma): the average is not dominated by the random initialisation, and its horizon grows with the run —
+    about the last 10% of the iterations — until it reaches ``1 / (1 - decay)``. Integer buffers are copied.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, updates: int = 0):
+        if not 0.0 < decay < 1.0:
+            raise UserError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay, self.updates = float(decay), int(updates)
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        pairs = list(zip(_tensors(self.module), _tensors(model)))
+        self._floats = ([e for e, m in pairs if e.is_floating_point()], [m for e, m in pairs if e.is_floating_point()])
+        self._others = [(e, m) for e, m in pairs if not e.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move the average towards the model's current weights (call after each optimizer step)."""
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        torch._foreach_lerp_(self._floats[0], self._floats[1], 1.0 - decay)
+        for e, m in self._others:
+            e.copy_(m)
+
+
+def _tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [t for _, t in model.named_parameters()] + [t for _, t in model.named_buffers()]

@@ -20,8 +20,9 @@ def tiny(tmp_path, name="run", recipe=None, **kw):
     return resolve_config(recipe, None, {**TINY, "out": str(tmp_path / name), **kw})
 
 
-def test_resume_auto_continues_exactly(tmp_path, monkeypatch):
-    common = dict(max_iters=8, val_every=3, deterministic=True, arch="fcn8s", seed=7)
+@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9}], ids=["plain", "ema"])
+def test_resume_auto_continues_exactly(tmp_path, monkeypatch, extra):
+    common = dict(max_iters=8, val_every=3, deterministic=True, arch="fcn8s", seed=7, **extra)
     train(tiny(tmp_path, "full", **common), progress=False)
     full = load_checkpoint(tmp_path / "full" / "last.pt")
 
@@ -41,10 +42,62 @@ def test_resume_auto_continues_exactly(tmp_path, monkeypatch):
     resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert summary["iteration"] == resumed["iteration"] == full["iteration"] == 8
     assert resumed["finished"] and full["finished"]
-    for k, v in full["model"].items():
-        assert torch.equal(v, resumed["model"][k]), k
+    for key in ("model", "raw_model") if extra else ("model",):  # with EMA: the average and the training weights
+        for k, v in full[key].items():
+            assert torch.equal(v, resumed[key][k]), (key, k)
+    if extra:
+        assert full["ema_updates"] == resumed["ema_updates"] == 8
+        assert not torch.equal(full["model"]["score_fr.weight"], full["raw_model"]["score_fr.weight"])
     # and training did change the weights
     assert not torch.equal(full["model"]["score_fr.weight"], torch.zeros_like(full["model"]["score_fr.weight"]))
+
+
+def test_weight_ema_by_hand():
+    from fcnseg.optim import WeightEMA
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = WeightEMA(model, decay=0.5)
+    expected = {k: v.clone().double() for k, v in start.items()}
+    for n in range(6):
+        model.train()(torch.randn(4, 2))  # moves the BatchNorm statistics and num_batches_tracked
+        with torch.no_grad():
+            model[0].weight.add_(torch.randn(2, 2))
+        ema.update()
+        d = min(0.5, (1 + n) / (10 + n))  # 0.1, 0.18, 0.25, 0.31, 0.36, then the cap 0.5
+        for k, v in model.state_dict().items():
+            expected[k] = v.double() if k.endswith("num_batches_tracked") else d * expected[k] + (1 - d) * v.double()
+    got = ema.module.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k].double(), v, rtol=1e-6, atol=1e-6, msg=k)
+    assert got["1.num_batches_tracked"] == 6 and not ema.module.training
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    from fcnseg.errors import UserError
+    with pytest.raises(UserError, match="ema_decay"):
+        resolve_config(None, None, {"ema_decay": 1.0})
+
+
+def test_training_ema_averages_the_trajectory(tmp_path):
+    """The saved average equals the hand-made average of the weights after steps 1, 2, 3 (constant lr, so runs of
+    1, 2 and 3 iterations share their first steps) and `--no-ema` loads the last training weights."""
+    common = dict(max_iters=3, val_every=100, deterministic=True, arch="fcn32s", scheduler="constant", seed=3,
+                  ema_decay=0.2)
+    torch.manual_seed(3)
+    expected = {k: v.double() for k, v in fcnseg.build_model("fcn32s", backbone="resnet18",
+                                                           num_classes=7).state_dict().items()}
+    for n in range(3):
+        train(tiny(tmp_path, f"it{n + 1}", **dict(common, max_iters=n + 1)), progress=False)
+        raw = load_checkpoint(tmp_path / f"it{n + 1}" / "last.pt")["raw_model"]
+        d = min(0.2, (1 + n) / (10 + n))
+        for k, v in raw.items():
+            expected[k] = v.double() if k.endswith("num_batches_tracked") else d * expected[k] + (1 - d) * v.double()
+    ckpt = load_checkpoint(tmp_path / "it3" / "last.pt")
+    for k, v in expected.items():
+        torch.testing.assert_close(ckpt["model"][k].double(), v, rtol=1e-5, atol=1e-6, msg=k)
+    raw_model, _ = engine.model_from_checkpoint(tmp_path / "it3" / "last.pt", ema=False)
+    ema_model, _ = engine.model_from_checkpoint(tmp_path / "it3" / "last.pt")
+    assert torch.equal(raw_model.state_dict()["score_fr.weight"], ckpt["raw_model"]["score_fr.weight"])
+    assert torch.equal(ema_model.state_dict()["score_fr.weight"], ckpt["model"]["score_fr.weight"])
+    assert not torch.equal(ckpt["model"]["score_fr.weight"], ckpt["raw_model"]["score_fr.weight"])
 
 
 def test_checkpoint_contents(tmp_path):
