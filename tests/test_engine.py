@@ -98,6 +98,10 @@ def test_training_ema_averages_the_trajectory(tmp_path):
     assert torch.equal(raw_model.state_dict()["score_fr.weight"], ckpt["raw_model"]["score_fr.weight"])
     assert torch.equal(ema_model.state_dict()["score_fr.weight"], ckpt["model"]["score_fr.weight"])
     assert not torch.equal(ckpt["model"]["score_fr.weight"], ckpt["raw_model"]["score_fr.weight"])
+    from fcnseg.cli import main  # the command line scores either and records which
+    for flag, weights in (([], "ema"), (["--no-ema"], "raw")):
+        assert main(["evaluate", str(tmp_path / "it3" / "last.pt"), "--out", str(tmp_path / weights), *flag]) == 0
+        assert json.loads((tmp_path / weights / "metrics.json").read_text())["protocol"]["weights"] == weights
 
 
 def test_checkpoint_contents(tmp_path):
