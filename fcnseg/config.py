@@ -137,11 +137,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     # runs: 0.511 decoding each epoch with 2 workers, 0.427 cached with 2 workers, 0.402 cached with none).
     # real data, from scratch on a CPU (see RESULTS.md): half resolution (evaluated at full resolution), the square
     # root of SegNet's median-frequency class weights (the full weights over-predict thin classes: 10-minute runs,
-    # full val mIoU 0.519 unweighted / 0.554 sqrt), AdamW with poly decay over the time budget; evaluation averages
+    # full val mIoU 0.519 unweighted / 0.554 sqrt), AdamW with poly decay; evaluation averages
     # scales 1, 1.25, 1.5 of the training resolution and flips (+1.5 points over single-scale in the same runs).
     # 4,200 iterations fit the 30-minute budget on a 2-core EPYC Zen 4 (bf16; ~0.37 s each): the poly schedule then
-    # counts iterations, not the clock, so a run with the same seed repeats bit for bit (three runs that filled the
-    # budget instead made 5,153-5,776 iterations and scored 0.604-0.633); slower machines stop at the budget
+    # counts iterations, not the clock (engine.follows_clock), so a run with the same seed repeats bit for bit (three
+    # runs that filled the budget instead made 5,153-5,776 iterations and scored 0.604-0.633); on slower machines the
+    # schedule follows the clock and the run stops at the budget
     "camvid": dict(_CAMVID_DATA, arch="fcn8s", backbone="resnet18", optimizer="adamw", lr=2e-3, weight_decay=1e-4,
                    class_weights=[0.5094, 0.4273, 2.1364, 0.3764, 0.9514, 0.6185, 3.1056, 1.3571, 0.8260, 2.4996,
                                   2.7132], scheduler="poly", warmup_iters=50, max_iters=4200),

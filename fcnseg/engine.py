@@ -222,9 +222,24 @@ def _freeze_bn_of_frozen(model: nn.Module) -> None:
             m.eval()
 
 
+CLOCK_CHECK_ITERS = 100  # iterations (or a tenth of the time budget) before the clock is projected
+
+
+def follows_clock(iteration: int, elapsed: float, max_iters: int, budget: float | None) -> bool:
+    """Must the schedule follow the clock? Only when the iterations, at the average pace so far, would not fit the
+    time budget. Otherwise it counts iterations alone, and a seeded run repeats bit for bit whatever the machine's
+    speed. The first ``CLOCK_CHECK_ITERS`` iterations (or a tenth of the budget, whichever comes first) are not
+    projected: their pace includes start-up costs."""
+    if budget is None:
+        return False
+    if iteration < CLOCK_CHECK_ITERS and elapsed < 0.1 * budget:
+        return False
+    return elapsed / max(iteration, 1) * max_iters > budget
+
+
 def lr_factor(cfg: TrainConfig, iteration: int, progress: float) -> float:
     """Multiplier of the base lr: linear warm-up, then poly / step / cosine / constant over ``progress`` ∈ [0, 1]
-    (the larger of iterations done / max_iters and time used / time budget)."""
+    (iterations done / max_iters, or once the run ``follows_clock`` the larger of that and time used / budget)."""
     progress = min(max(progress, 0.0), 1.0)
     if cfg.scheduler == "poly":
         f = (1 - progress) ** cfg.poly_power
@@ -478,7 +493,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                                 betas=cfg.betas, bias_lr_mult=cfg.bias_lr_mult, bias_decay=cfg.bias_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     weight = _class_weights(cfg, num_classes, device)
-    iteration, best_miou, used_time = 0, -1.0, 0.0
+    iteration, best_miou, used_time, clock = 0, -1.0, 0.0, False
     # the weight average validation and checkpoints use (``ema_decay``); made before StepInBackward hooks the model
     ema = WeightEMA(base, cfg.ema_decay) if cfg.ema_decay else None
     if ema is not None and resume_ckpt is not None and "raw_model" in resume_ckpt:
@@ -489,6 +504,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         scaler.load_state_dict(resume_ckpt["scaler"])
         iteration, best_miou = resume_ckpt["iteration"], resume_ckpt.get("best_miou", -1.0)
         used_time = resume_ckpt.get("used_time", 0.0)
+        clock = resume_ckpt.get("follows_clock", True)  # older checkpoints: their schedule followed the clock
         _set_rng_state(resume_ckpt["rng"])
         if main:
             log.info("resuming %s at iteration %d", out, iteration)
@@ -558,7 +574,8 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                  # the schedule is a pure function of (iteration, progress): this records where it stands
                  "scheduler": {"name": cfg.scheduler, "lr_factor": optimizer.param_groups[0]["lr"] / cfg.lr,
                                "warmup_iters": cfg.warmup_iters, "max_iters": cfg.max_iters},
-                 "used_time": time.monotonic() - t_start, "rng": _rng_state(), "config": cfg_dict,
+                 "used_time": time.monotonic() - t_start, "follows_clock": clock, "rng": _rng_state(),
+                 "config": cfg_dict,
                  "classes": classes, "palette": [list(c) for c in train_ds.get_palette()] + [
                      [0, 0, 0]] * (num_classes - len(train_ds.get_palette())),
                  "normalization": base.normalization.to_dict(), "finished": finished, "stage": stage,
@@ -603,7 +620,15 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
             if budget is not None and elapsed >= budget:
                 finished_by_time = True
                 break
-            progress_frac = max(iteration / cfg.max_iters, elapsed / budget if budget else 0.0)
+            if not clock and follows_clock(iteration, elapsed, cfg.max_iters, budget):
+                clock = True  # for the rest of the run (and its resumptions)
+                if main:
+                    note = (f"iter {iteration}: {cfg.max_iters} iterations would take "
+                            f"{elapsed / max(iteration, 1) * cfg.max_iters / 60:.0f} min at this pace, over the "
+                            f"{budget / 60:g}-min budget: the lr schedule follows the clock from here")
+                    bar.write(note)
+                    logger.write({"iter": iteration, "schedule": "clock"})
+            progress_frac = max(iteration / cfg.max_iters, elapsed / budget if clock else 0.0)
             factor = lr_factor(cfg, iteration, progress_frac)
             scale = size_scale(cfg, progress_frac)
             if scale != current_scale:

@@ -104,6 +104,39 @@ def test_training_ema_averages_the_trajectory(tmp_path):
         assert json.loads((tmp_path / weights / "metrics.json").read_text())["protocol"]["weights"] == weights
 
 
+def test_follows_clock_only_when_the_iterations_do_not_fit():
+    from fcnseg.engine import follows_clock
+    # the camvid recipe on a 2-core Zen 4: 4,200 iterations at ~0.37 s in a 30-minute budget, a 3-s start
+    assert not any(follows_clock(i, 3 + 0.37 * i, 4200, 1800) for i in range(0, 4200, 7))
+    assert not follows_clock(5, 60.0, 4200, None)  # no budget: iterations only
+    assert not follows_clock(20, 100.0, 4200, 1800)  # too early to project (start-up costs)
+    assert follows_clock(100, 100 * 1.1, 4200, 1800)  # a slower machine: 77 min projected
+    assert follows_clock(20, 200.0, 4200, 1800)  # over a tenth of the budget: projected even before 100 iterations
+    assert follows_clock(100, 100 * 0.37, 100_000, 1800)  # "fill the budget" recipes (max_iters 100,000)
+
+
+def test_a_budget_that_fits_leaves_the_schedule_to_the_iterations(tmp_path):
+    """Two runs with the same seed and a time budget they do not reach give identical weights (no --deterministic):
+    the learning rate never depends on the clock."""
+    for name in ("a", "b"):
+        train(tiny(tmp_path, name, max_iters=4, val_every=100, arch="fcn32s", time_budget="1h"), progress=False)
+    a, b = (load_checkpoint(tmp_path / n / "last.pt") for n in ("a", "b"))
+    assert a["follows_clock"] is False and a["iteration"] == 4
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+
+
+def test_a_budget_too_short_for_the_iterations_makes_the_schedule_follow_the_clock(tmp_path):
+    train(tiny(tmp_path, max_iters=100_000, val_every=100_000, arch="fcn32s", time_budget="4s", warmup_iters=0),
+          progress=False)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert ckpt["follows_clock"] is True and any(r.get("schedule") == "clock" for r in records)
+    assert 0 < ckpt["iteration"] < 100_000
+    # poly over the clock: the last step's lr is a small fraction of the base (over iterations it would be ~1)
+    assert ckpt["scheduler"]["lr_factor"] < 0.3
+
+
 def test_checkpoint_contents(tmp_path):
     train(tiny(tmp_path, max_iters=2, val_every=1, arch="fcn32s"), progress=False)
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
