@@ -53,3 +53,12 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def broadcast_float(x: float) -> float:
+    """Rank 0's value on every rank (its clock: all ranks then stop at the same iteration with the same lr)."""
+    if not is_distributed():
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(t, src=0)
+    return float(t)

@@ -616,7 +616,8 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
     current_scale = 1.0
     try:
         while iteration < cfg.max_iters:
-            elapsed = time.monotonic() - t_start
+            # rank 0's clock on every rank: all stop at the same iteration and agree on the schedule
+            elapsed = dist.broadcast_float(time.monotonic() - t_start) if budget is not None else 0.0
             if budget is not None and elapsed >= budget:
                 finished_by_time = True
                 break

@@ -34,10 +34,11 @@ def test_ddp_training_keeps_ranks_identical_and_resumes(tmp_path):
         from fcnseg.engine import train
         from fcnseg.cli import main
         out, iters = sys.argv[1], int(sys.argv[2])
+        budget = sys.argv[3] if len(sys.argv) > 3 else None
         cfg = resolve_config(None, None, dict(data="synthetic", backbone="resnet18", arch="fcn8s", batch_size=2,
             workers=0, crop_size=40, amp="none", lr=0.01, optimizer="sgd", seed=3, max_iters=iters, val_every=2,
             data_options={{"length": 16, "size": [48, 64]}}, val_data_options={{"length": 5}}, out=out,
-            resume="auto"))
+            resume="auto", time_budget=budget))
         summary = train(cfg, progress=False)
         params = {{k: v.detach().clone() for k, v in summary["model"].named_parameters()}}
         torch.save(params, os.path.join(out, f"params-rank{{os.environ['RANK']}}.pt"))
@@ -61,6 +62,15 @@ def test_ddp_training_keeps_ranks_identical_and_resumes(tmp_path):
     q1 = torch.load(run / "params-rank1.pt", weights_only=True)
     assert all(torch.equal(q0[k], q1[k]) for k in q0)
     assert not torch.equal(q0["score_fr.weight"], p0["score_fr.weight"])
+    # a time budget: rank 0's clock decides for all, so both stop at the same iteration (no rank left waiting in an
+    # all-reduce) with the same clock-following lr, and their weights stay equal
+    timed = tmp_path / "timed"
+    torchrun(str(script), str(timed), "100000", "4s", cwd=tmp_path)
+    t0 = torch.load(timed / "params-rank0.pt", weights_only=True)
+    t1 = torch.load(timed / "params-rank1.pt", weights_only=True)
+    assert all(torch.equal(t0[k], t1[k]) for k in t0)
+    ckpt = torch.load(timed / "last.pt", weights_only=True)
+    assert ckpt["follows_clock"] and 0 < ckpt["iteration"] < 100000
 
 
 def test_distributed_evaluation_equals_single_process(tmp_path):
