@@ -37,8 +37,14 @@ def init_from_env() -> bool:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over the ranks, in place. NCCL reduces GPU tensors only: CPU ones (confusion matrices) go via the GPU."""
     if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and t.device.type != "cuda":
+            buf = t.cuda()
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            t.copy_(buf.cpu())
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
