@@ -122,7 +122,7 @@ def summary(times: list[float], batch: int) -> dict:
 def add_parser(subs, _sub) -> None:
     p = _sub(subs, "benchmark", "measure latency, images/s and peak memory of a model on this machine",
              "fcnseg benchmark --arch fcn8s --backbone vgg16 --size 500x500 --dtype bf16 --mode infer")
-    p.add_argument("--arch", default="fcn8s", help="fcn32s | fcn16s | fcn8s | fcn8s-atonce")
+    p.add_argument("--arch", default="fcn8s", help="fcn32s | fcn16s | fcn8s | fcn8s-atonce | fcn4s")
     p.add_argument("--backbone", default="vgg16", help="see `fcnseg models`")
     p.add_argument("--geometry", default="aligned", help="aligned | caffe (VGG only)")
     p.add_argument("--num-classes", type=int, default=21)

@@ -88,7 +88,9 @@ def _vgg_checkpointed_forward(self: VGGBackbone, x: torch.Tensor) -> dict[int, t
                 first = False
             else:
                 x = _run(_sequence(block), block, x)
-            if i == self._pool3:
+            if i == self._pool2:
+                out[4] = x
+            elif i == self._pool3:
                 out[8] = x
             elif i == self._pool4:
                 out[16] = x

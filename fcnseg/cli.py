@@ -32,7 +32,7 @@ TRAIN_FLAGS = {  # flag → (config key, type, help)
     "--data": ("data", str, "dataset name (see `fcnseg data --help`)"),
     "--root": ("root", str, "dataset folder"),
     "--out": ("out", str, "run folder (config.yaml, last.pt, best.pt, log.jsonl, tb/)"),
-    "--arch": ("arch", str, "fcn32s | fcn16s | fcn8s | fcn8s-atonce"),
+    "--arch": ("arch", str, "fcn32s | fcn16s | fcn8s | fcn8s-atonce | fcn4s"),
     "--backbone": ("backbone", str, "vgg16 | vgg19 | inception_v3 | resnet18/34/50/101 | mobilenet_v3_large"),
     "--geometry": ("geometry", str, "aligned (default) | caffe (VGG only)"),
     "--num-classes": ("num_classes", int, "number of classes (default: the dataset's)"),

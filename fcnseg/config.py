@@ -227,9 +227,9 @@ def validate(cfg: TrainConfig) -> None:
     for _, stage in stage_configs(cfg) if cfg.stages else [(None, cfg)]:
         name = f"{stage.arch}/{stage.backbone}" + ("/caffe" if stage.geometry == "caffe" else "")
         if name not in list_models():
-            raise UserError(f"unknown model {name}; see `fcnseg models` (archs fcn32s, fcn16s, fcn8s, fcn8s-atonce; "
-                            f"backbones vgg16, vgg19, inception_v3, resnet18/34/50/101, mobilenet_v3_large; "
-                            f"geometry caffe only with VGG)")
+            raise UserError(f"unknown model {name}; see `fcnseg models` (archs fcn32s, fcn16s, fcn8s, fcn8s-atonce, "
+                            f"fcn4s; backbones vgg16, vgg19, inception_v3, resnet18/34/50/101, mobilenet_v3_large; "
+                            f"geometry caffe only with VGG and the paper's archs)")
     if cfg.channels_last not in (True, False, "auto"):
         raise UserError(f"channels_last must be true, false or auto, got {cfg.channels_last!r}")
     if cfg.ema_decay is not None and not 0 < float(cfg.ema_decay) < 1:

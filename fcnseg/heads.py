@@ -11,7 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
+PAPER_ARCHS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")  # the authors' nets: both geometries
+# FCN-4s: the paper's skip pattern one step further, a stride-4 skip (pool2 / ResNet layer1) fused after pool3's,
+# for thin structures that stride-8 scores blur away; aligned geometry only (the authors published no offsets)
+ARCHS = PAPER_ARCHS + ("fcn4s",)
 # Caffe crop offsets, from the authors' net.py / pytorch-fcn
 CAFFE_OFFSETS = {"fcn32s": {"out": 19}, "fcn16s": {16: 5, "out": 27}, "fcn8s": {16: 5, 8: 9, "out": 31}}
 # FCN-8s "at-once" scales the skip inputs so that all streams train together from the start (paper, section 4.2)
@@ -119,32 +122,39 @@ class FCN(nn.Module):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+        if arch not in PAPER_ARCHS and geometry != "aligned":
+            raise ValueError(f"{arch} has the aligned geometry only (the authors' Caffe nets stop at fcn8s)")
         self.arch, self.geometry, self.num_classes = arch, geometry, num_classes
         self.backbone = backbone
         self.normalization = backbone.default_normalization
         ch, n = backbone.out_channels, num_classes
         self.score_fr = nn.Conv2d(ch[32], n, 1)
-        self.skips = {"fcn32s": (), "fcn16s": (16,), "fcn8s": (16, 8), "fcn8s-atonce": (16, 8)}[arch]
+        self.skips = {"fcn32s": (), "fcn16s": (16,), "fcn8s": (16, 8), "fcn8s-atonce": (16, 8), "fcn4s": (16, 8, 4)}[arch]
         if 16 in self.skips:
             self.score_pool4 = nn.Conv2d(ch[16], n, 1)
         if 8 in self.skips:
             self.score_pool3 = nn.Conv2d(ch[8], n, 1)
+        if 4 in self.skips:
+            self.score_pool2 = nn.Conv2d(ch[4], n, 1)
         pad = geometry == "aligned"
         up = lambda k, s: Upsample(n, n, k, stride=s, padding=s // 2 if pad else 0, bias=False)  # noqa: E731
         if arch == "fcn32s":
             self.upscore = up(64, 32)
         elif arch == "fcn16s":
             self.upscore2, self.upscore16 = up(4, 2), up(32, 16)
+        elif arch == "fcn4s":
+            self.upscore2, self.upscore_pool4, self.upscore_pool3, self.upscore4 = up(4, 2), up(4, 2), up(4, 2), up(8, 4)
         else:
             self.upscore2, self.upscore_pool4, self.upscore8 = up(4, 2), up(4, 2), up(16, 8)
         self.reset_head()
         self.set_learnable_upsampling(learnable_upsampling)
 
     def score_layers(self) -> list[str]:
-        return [name for name in ("score_fr", "score_pool4", "score_pool3") if hasattr(self, name)]
+        return [name for name in ("score_fr", "score_pool4", "score_pool3", "score_pool2") if hasattr(self, name)]
 
     def upsample_layers(self) -> list[str]:
-        return [n for n in ("upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8") if hasattr(self, n)]
+        names = ("upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8", "upscore_pool3", "upscore4")
+        return [n for n in names if hasattr(self, n)]
 
     @torch.no_grad()
     def reset_head(self) -> None:
@@ -187,4 +197,8 @@ class FCN(nn.Module):
         h = self.upscore_pool4(h)
         p3 = self.score_pool3(feats[8] * scale[8] if scale else feats[8])
         h = h + _fit(p3, h.shape[-2:], offsets[8]) if caffe else _fit(h, p3.shape[-2:]) + p3
+        if self.arch == "fcn4s":  # (aligned only)
+            h = self.upscore_pool3(h)
+            p2 = self.score_pool2(feats[4])
+            return _fit(self.upscore4(_fit(h, p2.shape[-2:]) + p2), size)
         return _fit(self.upscore8(h), size, offsets.get("out", 0))

@@ -6,7 +6,7 @@ from pathlib import Path
 from torch import nn
 
 from .backbones import BACKBONES, build_backbone
-from .heads import ARCHS, FCN
+from .heads import ARCHS, FCN, PAPER_ARCHS
 
 GEOMETRIES = ("aligned", "caffe")
 
@@ -18,7 +18,7 @@ def list_models() -> list[str]:
     for arch in ARCHS:
         for bb in BACKBONES:
             out.append(f"{arch}/{bb}")
-            if bb in ("vgg16", "vgg19"):
+            if bb in ("vgg16", "vgg19") and arch in PAPER_ARCHS:
                 out.append(f"{arch}/{bb}/caffe")
     return out + [f"{BASELINE_ARCH}/{bb}" for bb in BASELINE_BACKBONES]
 
@@ -36,7 +36,7 @@ def build_model(arch: str, *, backbone: str = "vgg16", num_classes: int, geometr
         model.backbone_name = backbone
         return model
     if arch not in ARCHS or backbone not in BACKBONES or geometry not in GEOMETRIES or (
-            geometry == "caffe" and backbone not in ("vgg16", "vgg19")):
+            geometry == "caffe" and (backbone not in ("vgg16", "vgg19") or arch not in PAPER_ARCHS)):
         raise ValueError(f"unknown model {arch}/{backbone}/{geometry}; valid: {', '.join(list_models())}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")

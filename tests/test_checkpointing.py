@@ -11,9 +11,9 @@ from fcnseg import build_model
 from fcnseg.checkpointing import disable_activation_checkpointing, enable_activation_checkpointing, is_checkpointed
 
 
-def _model(backbone: str, seed: int = 0):
+def _model(backbone: str, seed: int = 0, arch: str = "fcn8s"):
     torch.manual_seed(seed)
-    model = build_model("fcn8s", backbone=backbone, num_classes=3)
+    model = build_model(arch, backbone=backbone, num_classes=3)
     with torch.no_grad():  # a fresh head scores zero everywhere; random scores make every gradient non-trivial
         for name in model.score_layers():
             getattr(model, name).weight.normal_(0, 0.01)
@@ -28,11 +28,12 @@ def _grads(model, x, y, seed=1):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("backbone,size", [("vgg16", 40), ("resnet18", 64)])
-def test_gradients_equal(backbone, size):
+@pytest.mark.parametrize("backbone,size,arch", [("vgg16", 40, "fcn8s"), ("resnet18", 64, "fcn8s"),
+                                               ("vgg16", 40, "fcn4s")])
+def test_gradients_equal(backbone, size, arch):
     torch.manual_seed(0)
     x, y = torch.randn(2, 3, size, size), torch.randint(0, 3, (2, size, size))
-    plain = _model(backbone)
+    plain = _model(backbone, arch=arch)
     ckpt = enable_activation_checkpointing(copy.deepcopy(plain))
     assert is_checkpointed(ckpt) and not is_checkpointed(plain)
     loss0, g0 = _grads(plain, x, y)

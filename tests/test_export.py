@@ -156,6 +156,7 @@ CASES = [
     ("fcn8s", "inception_v3", "aligned"),
     ("fcn32s", "resnet18", "aligned"),
     ("fcn16s", "resnet18", "aligned"),
+    ("fcn4s", "resnet18", "aligned"),
     ("fcn8s", "vgg16", "aligned"),
     pytest.param("fcn8s", "resnet34", "aligned", marks=SLOW),
     pytest.param("fcn8s", "resnet50", "aligned", marks=SLOW),

@@ -8,7 +8,7 @@ import torch
 
 import fcnseg
 from fcnseg.backbones import BACKBONES, build_backbone
-from fcnseg.heads import ARCHS, bilinear_kernel
+from fcnseg.heads import ARCHS, PAPER_ARCHS, bilinear_kernel
 from fcnseg.weights.pytorch_fcn import to_pytorch_fcn
 
 TORCHFCN_CLASS = {"fcn32s": "FCN32s", "fcn16s": "FCN16s", "fcn8s": "FCN8s", "fcn8s-atonce": "FCN8sAtOnce"}
@@ -24,7 +24,7 @@ def randomize_head(model, seed=0):
             m.bias.copy_(torch.randn(m.bias.shape, generator=g))
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", PAPER_ARCHS)
 def test_caffe_geometry_equals_pytorch_fcn(arch, torchfcn):
     torch.manual_seed(0)
     ours = fcnseg.build_model(arch, num_classes=21, geometry="caffe").eval()
@@ -93,9 +93,36 @@ def test_aligned_upsampling_reproduces_a_constant_and_a_ramp():
     assert torch.allclose(y[..., 8:-8, 8:-8], ref[..., 8:-8, 8:-8], atol=1e-5)
 
 
+def test_fcn4s_adds_the_stride_4_scores_upsampled_bilinearly():
+    """FCN-4s = FCN-8s's fusion, ×2, plus score_pool2 on the stride-4 features, ×4. With the coarser score layers at
+    zero (a fresh head) the output is score_pool2's map upsampled ×4, which in the interior is exactly bilinear
+    interpolation of pixel centres (torch's interpolate, an independent reference)."""
+    torch.manual_seed(0)
+    model = fcnseg.build_model("fcn4s", backbone="resnet18", num_classes=3).eval()
+    assert model.score_layers() == ["score_fr", "score_pool4", "score_pool3", "score_pool2"]
+    with torch.no_grad():
+        model.score_pool2.weight.normal_(0, 0.1)
+        model.score_pool2.bias.normal_()
+        x = torch.randn(2, 3, 96, 128)
+        y = model(x)
+        p2 = model.score_pool2(model.backbone(x)[4])
+    assert p2.shape[-2:] == (24, 32) and y.shape == (2, 3, 96, 128)
+    ref = torch.nn.functional.interpolate(p2, scale_factor=4, mode="bilinear", align_corners=False)
+    assert torch.allclose(y[..., 4:-4, 4:-4], ref[..., 4:-4, 4:-4], atol=1e-5)
+    assert not torch.allclose(y[..., :2, :], ref[..., :2, :], atol=1e-3)  # the border is the deconv's, not clamped
+    # and the stride-8 path is FCN-8s's: with score_pool2 at zero, a constant score map stays constant inside
+    with torch.no_grad():
+        model.score_pool2.weight.zero_(), model.score_pool2.bias.zero_()
+        model.score_fr.bias.fill_(1.0)
+        y = model(x)
+    assert torch.allclose(y[..., 32:-32, 32:-32], torch.ones(()), atol=1e-5)
+
+
 def test_unknown_names_list_the_valid_choices():
     with pytest.raises(ValueError, match="valid: .*fcn8s/resnet50"):
-        fcnseg.build_model("fcn4s", num_classes=3)
+        fcnseg.build_model("fcn2s", num_classes=3)
+    with pytest.raises(ValueError, match="fcn4s/vgg16,"):  # FCN-4s: aligned geometry only
+        fcnseg.build_model("fcn4s", backbone="vgg16", geometry="caffe", num_classes=3)
     with pytest.raises(ValueError, match="fcn8s/vgg16/caffe"):
         fcnseg.build_model("fcn8s", backbone="resnet50", geometry="caffe", num_classes=3)
     assert "fcn8s-atonce/mobilenet_v3_large" in fcnseg.list_models()
@@ -107,7 +134,7 @@ def test_declared_strides_and_channels(backbone):
     size = 320
     with torch.no_grad():
         feats = bb(torch.randn(1, 3, size, size))
-    assert set(feats) == {8, 16, 32}
+    assert set(feats) == {4, 8, 16, 32}
     for stride, f in feats.items():
         assert f.shape[1] == bb.out_channels[stride]
         measured = 2 ** round(math.log2(size / f.shape[-1]))
@@ -124,7 +151,9 @@ def test_forward_backward_any_size(arch, backbone):
     y = model(x)
     assert isinstance(y, torch.Tensor) and y.shape == (1, 5, 97, 131)
     y.square().mean().backward()
-    assert model.score_fr.weight.grad is not None and model.score_fr.weight.grad.abs().sum() > 0
+    for name in model.score_layers():  # every skip reaches the loss
+        grad = getattr(model, name).weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
     first = next(p for p in model.backbone.parameters() if p.requires_grad)
     assert first.grad is not None and torch.isfinite(first.grad).all()
 

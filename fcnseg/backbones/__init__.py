@@ -1,7 +1,7 @@
-"""Backbones: each wraps a torchvision model and returns ``{stride: feature}`` for strides 8, 16 and 32.
+"""Backbones: each wraps a torchvision model and returns ``{stride: feature}`` for strides 4, 8, 16 and 32.
 
-Every backbone declares ``out_channels`` ({stride: channels}) and ``default_normalization``; FCN-32s/16s/8s are
-then just "which strides to fuse" (see :mod:`fcnseg.heads`).
+Every backbone declares ``out_channels`` ({stride: channels}) and ``default_normalization``; FCN-32s/16s/8s (and
+FCN-4s) are then just "which strides to fuse" (see :mod:`fcnseg.heads`).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Inception-v3 (the FCN-GoogLeNet variant): Mixed_5d / Mixed_6e / Mixed_7c at strides 8 / 16 / 32.
+"""Inception-v3 (the FCN-GoogLeNet variant): maxpool1 / Mixed_5d / Mixed_6e / Mixed_7c at strides
+4 / 8 / 16 / 32.
 
 Inception's unpadded convolutions make feature sizes a little smaller than H / stride (35, 17, 8 at 299 px); the
 head aligns them at run time. Inputs smaller than 75 px (the net's minimum) are zero-padded and the head crops back.
@@ -21,7 +22,7 @@ class InceptionBackbone(nn.Module):
         self.name = "inception_v3"
         self.body = tvm.inception_v3(weights=None, aux_logits=False, init_weights=True)
         del self.body.fc, self.body.avgpool, self.body.dropout
-        self.out_channels = {8: 288, 16: 768, 32: 2048}
+        self.out_channels = {4: 64, 8: 288, 16: 768, 32: 2048}
         self.default_normalization = INCEPTION
 
     def stages(self) -> list[nn.Module]:
@@ -34,9 +35,9 @@ class InceptionBackbone(nn.Module):
         h, w = x.shape[-2:]
         if h < MIN_SIZE or w < MIN_SIZE:
             x = F.pad(x, (0, max(0, MIN_SIZE - w), 0, max(0, MIN_SIZE - h)))
-        x = b.maxpool1(b.Conv2d_2b_3x3(b.Conv2d_2a_3x3(b.Conv2d_1a_3x3(x))))
-        x = b.maxpool2(b.Conv2d_4a_3x3(b.Conv2d_3b_1x1(x)))
+        c2 = b.maxpool1(b.Conv2d_2b_3x3(b.Conv2d_2a_3x3(b.Conv2d_1a_3x3(x))))
+        x = b.maxpool2(b.Conv2d_4a_3x3(b.Conv2d_3b_1x1(c2)))
         c3 = b.Mixed_5d(b.Mixed_5c(b.Mixed_5b(x)))
         c4 = b.Mixed_6e(b.Mixed_6d(b.Mixed_6c(b.Mixed_6b(b.Mixed_6a(c3)))))
         c5 = b.Mixed_7c(b.Mixed_7b(b.Mixed_7a(c4)))
-        return {8: c3, 16: c4, 32: c5}
+        return {4: c2, 8: c3, 16: c4, 32: c5}

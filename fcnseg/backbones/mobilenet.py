@@ -1,4 +1,4 @@
-"""MobileNetV3-Large: the last block at each of strides 8/16/32 (40, 112 and 960 channels)."""
+"""MobileNetV3-Large: the last block at each of strides 4/8/16/32 (24, 40, 112 and 960 channels)."""
 from __future__ import annotations
 
 import torch
@@ -9,14 +9,14 @@ from ..normalization import IMAGENET
 
 
 class MobileNetBackbone(nn.Module):
-    # indices in torchvision's mobilenet_v3_large().features after which the stride is 8, 16 and 32
-    TAPS = {6: 8, 12: 16, 16: 32}
+    # indices in torchvision's mobilenet_v3_large().features after which the stride is 4, 8, 16 and 32
+    TAPS = {3: 4, 6: 8, 12: 16, 16: 32}
 
     def __init__(self):
         super().__init__()
         self.name = "mobilenet_v3_large"
         self.features = tvm.mobilenet_v3_large(weights=None).features
-        self.out_channels = {8: 40, 16: 112, 32: 960}
+        self.out_channels = {4: 24, 8: 40, 16: 112, 32: 960}
         self.default_normalization = IMAGENET
 
     def stages(self) -> list[nn.Module]:

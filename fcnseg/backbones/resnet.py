@@ -1,4 +1,4 @@
-"""ResNet-18/34/50/101 without dilation: layer2/3/4 give strides 8/16/32."""
+"""ResNet-18/34/50/101 without dilation: layer1/2/3/4 give strides 4/8/16/32."""
 from __future__ import annotations
 
 import torch
@@ -15,7 +15,7 @@ class ResNetBackbone(nn.Module):
         self.body = getattr(tvm, name)(weights=None)
         del self.body.fc, self.body.avgpool  # unused by FCN; keeps state dicts free of classifier weights
         wide = self.body.layer4[0].conv1.in_channels == 1024  # bottleneck nets: 512/1024/2048
-        self.out_channels = {8: 512, 16: 1024, 32: 2048} if wide else {8: 128, 16: 256, 32: 512}
+        self.out_channels = {4: 256, 8: 512, 16: 1024, 32: 2048} if wide else {4: 64, 8: 128, 16: 256, 32: 512}
         self.default_normalization = IMAGENET
 
     def stages(self) -> list[nn.Module]:
@@ -25,7 +25,7 @@ class ResNetBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         b = self.body
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        x = b.layer1(x)
-        c3 = b.layer2(x)
+        c2 = b.layer1(x)
+        c3 = b.layer2(c2)
         c4 = b.layer3(c3)
-        return {8: c3, 16: c4, 32: b.layer4(c4)}
+        return {4: c2, 8: c3, 16: c4, 32: b.layer4(c4)}

@@ -93,8 +93,8 @@ class VGGBackbone(nn.Module):
         self.drop7 = nn.Dropout2d()
         self.load_classifier(net.classifier[0], net.classifier[3])
         pools = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
-        self._pool3, self._pool4 = pools[2], pools[3]
-        self.out_channels = {8: 256, 16: 512, 32: 4096}
+        self._pool2, self._pool3, self._pool4 = pools[1], pools[2], pools[3]
+        self.out_channels = {4: 128, 8: 256, 16: 512, 32: 4096}
         self.default_normalization = CAFFE_BGR if geometry == "caffe" else IMAGENET
 
     @torch.no_grad()
@@ -114,7 +114,9 @@ class VGGBackbone(nn.Module):
         out = {}
         for i, m in enumerate(self.features):
             x = m(x)
-            if i == self._pool3:
+            if i == self._pool2:
+                out[4] = x
+            elif i == self._pool3:
                 out[8] = x
             elif i == self._pool4:
                 out[16] = x
