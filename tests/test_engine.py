@@ -106,7 +106,7 @@ def test_training_ema_averages_the_trajectory(tmp_path):
 
 def test_follows_clock_only_when_the_iterations_do_not_fit():
     from fcnseg.engine import follows_clock
-    # the camvid recipe on a 2-core Zen 4: 3,600 iterations at ~0.42 s in a 30-minute budget, a 3-s start
+    # 3,600 CamVid iterations at ~0.42 s on a 2-core Zen 4 (FCN-8s, session 7) in a 30-minute budget, a 3-s start
     assert not any(follows_clock(i, 3 + 0.42 * i, 3600, 1800) for i in range(0, 3600, 7))
     assert not follows_clock(5, 60.0, 4200, None)  # no budget: iterations only
     assert not follows_clock(20, 100.0, 4200, 1800)  # too early to project (start-up costs)
