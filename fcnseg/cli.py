@@ -142,6 +142,9 @@ def _add_evaluate(subs):
     p.add_argument("--crf-max-side", type=int, metavar="PX",
                    help="run the CRF at most this many pixels on the longer side, then upsample (default: full size)")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--given-tags", action="store_true",
+                   help="restrict each image's prediction to the classes in its ground truth (image-level tags "
+                        "known: the protocol of the CCP and Fashionista clothing-parsing papers)")
     p.add_argument("--no-ema", dest="ema", action="store_false",
                    help="score the last training weights instead of their moving average (runs with ema_decay)")
     p.add_argument("--device", default="auto")
@@ -185,13 +188,16 @@ def cmd_evaluate(args):
     predictor = Predictor(model, args.device, amp=args.amp)
     opts = _predict_options(args, ckpt)
     result = evaluate(predictor, ds, num_classes=model.num_classes, ignore_index=ds.ignore_index,
-                      max_images=args.max_images, crf=args.crf, crf_max_side=args.crf_max_side, **opts)
+                      max_images=args.max_images, crf=args.crf, crf_max_side=args.crf_max_side,
+                      given_tags=args.given_tags, **opts)
     if not dist.is_main():
         return
     metrics = scores(result["hist"], classes, ds.background_index)
     metrics.update(per_image_mean_iou=result["per_image_mean_iou"], images=result["images"],
                    checkpoint=str(args.checkpoint), dataset=ds.name, split=ds.split,
                    protocol={"flip": False, "scales": [1.0], "amp": args.amp, **opts})
+    if args.given_tags:
+        metrics["protocol"]["given_tags"] = True
     if "raw_model" in ckpt:  # a run with ema_decay: which of its weights were scored
         metrics["protocol"]["weights"] = "ema" if getattr(args, "ema", True) else "raw"
     if args.crf:
@@ -210,7 +216,9 @@ def metrics_markdown(m: dict) -> str:
     proto = m.get("protocol")
     how = (f"input {'×'.join(map(str, proto['input_size'])) if proto.get('input_size') else 'as is'}, scales "
            f"{','.join(f'{s:g}' for s in proto['scales'])}, flip {'on' if proto['flip'] else 'off'}"
-           + (f", sliding window {proto['window']}" if proto.get("window") else "")) if proto else None
+           + (f", sliding window {proto['window']}" if proto.get("window") else "")
+           + (", classes restricted to each image's ground-truth tags" if proto.get("given_tags") else "")
+           ) if proto else None
     lines = [f"# {m.get('dataset', '')} {m.get('split', '')} — {m.get('images', '?')} images", "",
              *([f"Protocol: {how}; metrics at the original resolution.", ""] if how else []),
              "| metric | value | with CRF |" if "crf" in m else "| metric | value |",

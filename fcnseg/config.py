@@ -45,6 +45,7 @@ class TrainConfig:
     pretrained_backbone: str | None = None
     init_from: str | None = None
     learnable_upsampling: bool = False
+    global_context: bool = False  # ParseNet's image-level branch (see build_model)
     trainable: list | None = None  # module scopes to train (e.g. ["score_fr", "upscore", "backbone.fc7"]); rest frozen
     activation_checkpointing: bool = False  # recompute backbone stages in backward so larger batches fit
     step_in_backward: bool = False  # update each parameter as soon as its gradient is complete, then free it

@@ -92,7 +92,8 @@ def model_from_checkpoint(path: str | Path, ema: bool = True) -> tuple[nn.Module
     spec = ckpt["model_spec"]
     try:
         model = build_model(spec["arch"], backbone=spec["backbone"], num_classes=spec["num_classes"],
-                            geometry=spec["geometry"], learnable_upsampling=spec.get("learnable_upsampling", False))
+                            geometry=spec["geometry"], learnable_upsampling=spec.get("learnable_upsampling", False),
+                            global_context=spec.get("global_context", False))
     except (KeyError, ValueError) as e:
         raise UserError(f"{path}: cannot rebuild its model ({e})") from None
     load_state_into(model, ckpt["model"], path, strict_classes=True, require_all=True)
@@ -106,8 +107,11 @@ def model_from_checkpoint(path: str | Path, ema: bool = True) -> tuple[nn.Module
 @torch.no_grad()
 def evaluate(predictor: Predictor, dataset, *, num_classes: int, ignore_index: int = 255,
              max_images: int | None = None, progress: bool = True, crf: bool = False, crf_max_side: int | None = None,
-             **predict_options) -> dict:
+             given_tags: bool = False, **predict_options) -> dict:
     """Dataset-wide confusion matrix at each image's original resolution → scores (and per-image mean IoU).
+
+    With ``given_tags``, each image's prediction may use only the classes present in its ground truth: the
+    image-level tags are known, as in the CCP and Fashionista clothing-parsing papers (co-parsing of tagged images).
 
     Under torchrun each rank evaluates every world_size-th image (no duplicates) and the matrices are summed.
     With ``crf``, DenseCRF-refined predictions are scored too (``metrics["crf"]``)."""
@@ -123,6 +127,8 @@ def evaluate(predictor: Predictor, dataset, *, num_classes: int, ignore_index: i
         image, mask = dataset[i]
         image, mask = image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
         probs = predictor.predict_image(image[None], **predict_options)
+        if given_tags:
+            probs = restrict_to_classes(probs, mask[mask != ignore_index].unique())
         pred = probs.argmax(1)[0].cpu()
         h = confusion_matrix(mask, pred, num_classes, ignore_index)
         hist += h
@@ -149,6 +155,15 @@ def evaluate(predictor: Predictor, dataset, *, num_classes: int, ignore_index: i
 
 
 # ----------------------------------------------------------------------------------------------- training
+def restrict_to_classes(probs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (N, C, H, W) renormalised over ``classes`` only (the others get 0)."""
+    keep = torch.zeros(probs.shape[1], dtype=torch.bool, device=probs.device)
+    keep[classes.to(probs.device)] = True
+    # the floor keeps a pixel whose allowed classes all underflowed to 0 on an allowed class
+    kept = torch.where(keep.view(1, -1, 1, 1), probs.clamp_min(torch.finfo(probs.dtype).tiny), 0)
+    return kept / kept.sum(1, keepdim=True)
+
+
 class _Seeded(torch.utils.data.Dataset):
     """Each sample's augmentation is seeded by (seed, epoch, position): identical whichever worker or process
     decodes it, which is what makes ``--resume`` exact."""
@@ -456,7 +471,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
     # model
     model = build_model(cfg.arch, backbone=cfg.backbone, num_classes=num_classes, geometry=cfg.geometry,
                         pretrained_backbone=cfg.pretrained_backbone if resume_ckpt is None else None,
-                        learnable_upsampling=cfg.learnable_upsampling)
+                        learnable_upsampling=cfg.learnable_upsampling, global_context=cfg.global_context)
     if cfg.init_from and resume_ckpt is None:
         report = load_weights(model, cfg.init_from)
         log.info("initialised from %s: %d tensors loaded, %d new", cfg.init_from, report["loaded"],

@@ -118,17 +118,20 @@ class FCN(nn.Module):
     """backbone → ``{stride: features}`` → FCN-32s/16s/8s head → logits of the input's size (a plain tensor)."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, *, arch: str = "fcn8s", geometry: str = "aligned",
-                 learnable_upsampling: bool = False):
+                 learnable_upsampling: bool = False, global_context: bool = False):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
         if arch not in PAPER_ARCHS and geometry != "aligned":
             raise ValueError(f"{arch} has the aligned geometry only (the authors' Caffe nets stop at fcn8s)")
         self.arch, self.geometry, self.num_classes = arch, geometry, num_classes
+        self.global_context = global_context
         self.backbone = backbone
         self.normalization = backbone.default_normalization
         ch, n = backbone.out_channels, num_classes
         self.score_fr = nn.Conv2d(ch[32], n, 1)
+        if global_context:  # ParseNet's global context: scores of the image-averaged top features, added everywhere
+            self.score_global = nn.Linear(ch[32], n)
         self.skips = {"fcn32s": (), "fcn16s": (16,), "fcn8s": (16, 8), "fcn8s-atonce": (16, 8), "fcn4s": (16, 8, 4)}[arch]
         if 16 in self.skips:
             self.score_pool4 = nn.Conv2d(ch[16], n, 1)
@@ -150,7 +153,8 @@ class FCN(nn.Module):
         self.set_learnable_upsampling(learnable_upsampling)
 
     def score_layers(self) -> list[str]:
-        return [name for name in ("score_fr", "score_pool4", "score_pool3", "score_pool2") if hasattr(self, name)]
+        names = ("score_fr", "score_pool4", "score_pool3", "score_pool2", "score_global")
+        return [name for name in names if hasattr(self, name)]
 
     def upsample_layers(self) -> list[str]:
         names = ("upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8", "upscore_pool3", "upscore4")
@@ -175,8 +179,13 @@ class FCN(nn.Module):
             getattr(self, name).weight.requires_grad_(learnable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
         feats = self.backbone(x)
+        logits = self._decode(feats, x.shape[-2:])
+        if self.global_context:
+            logits = logits + self.score_global(feats[32].mean((2, 3)))[:, :, None, None]
+        return logits
+
+    def _decode(self, feats: dict, size) -> torch.Tensor:
         caffe = self.geometry == "caffe"
         offsets = CAFFE_OFFSETS["fcn8s" if self.arch == "fcn8s-atonce" else self.arch] if caffe else {}
         scale = ATONCE_SCALE if self.arch == "fcn8s-atonce" else {}

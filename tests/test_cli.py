@@ -71,6 +71,11 @@ def test_evaluate_writes_metrics(checkpoint, tmp_path, capsys):
     assert m["images"] == 3 and set(m["per_class"]) == {"sky", "grass", "road", "building", "tree", "car", "person"}
     assert (tmp_path / "ev" / "metrics.md").read_text().startswith("# synthetic val")
     assert Image.open(tmp_path / "ev" / "confusion.png").size[0] > 100
+    # image-level tags given: no image may be predicted a class its truth lacks, so the score can only rise
+    assert main(["evaluate", str(checkpoint), "--out", str(tmp_path / "tags"), "--flip", "--given-tags"]) == 0
+    t = json.loads((tmp_path / "tags" / "metrics.json").read_text())
+    assert t["protocol"]["given_tags"] is True and "ground-truth tags" in (tmp_path / "tags" / "metrics.md").read_text()
+    assert t["pixel_accuracy"] >= m["pixel_accuracy"]
 
 
 def test_predict_writes_palette_pngs_and_overlays(checkpoint, tmp_path):

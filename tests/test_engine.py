@@ -224,6 +224,14 @@ def test_torchvision_fcn_peer_trains_and_reloads(tmp_path):
     assert ckpt["model_spec"]["arch"] == "torchvision-fcn" and model(torch.randn(1, 3, 33, 47)).shape == (1, 7, 33, 47)
 
 
+def test_global_context_trains_and_reloads(tmp_path):
+    train(tiny(tmp_path, arch="fcn4s", global_context=True, max_iters=3, val_every=100), progress=False)
+    model, ckpt = engine.model_from_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["model_spec"]["global_context"] is True
+    assert model.score_global.weight.abs().sum() > 0  # trained away from its zero initialisation
+    assert model(torch.randn(1, 3, 33, 47)).shape == (1, 7, 33, 47)
+
+
 def test_activation_checkpointing_trains_to_the_same_weights(tmp_path):
     common = dict(max_iters=2, val_every=100, deterministic=True, arch="fcn16s")
     train(tiny(tmp_path, "plain", **common), progress=False)

@@ -24,12 +24,13 @@ FRESH_SHAPE = (1, 3, 83, 109)  # neither the tracing size nor a verification siz
 
 
 def make_checkpoint(tmp_path, backbone="resnet18", arch="fcn8s", geometry="aligned", classes=CLASSES,
-                    palette=PALETTE, seed=0):
+                    palette=PALETTE, seed=0, global_context=False):
     """A checkpoint as engine saves it, without training: random backbone, random (non-zero) score layers and
     batch-norm statistics measured on random images (at their defaults, deep random nets such as Inception produce
     logits of ~1e7 whose argmax is one class everywhere, which would make any comparison trivial)."""
     torch.manual_seed(seed)
-    model = fcnseg.build_model(arch, backbone=backbone, num_classes=len(classes), geometry=geometry)
+    model = fcnseg.build_model(arch, backbone=backbone, num_classes=len(classes), geometry=geometry,
+                               global_context=global_context)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     calibration = lambda: model(model.normalization(torch.randint(0, 256, (2, 3, 160, 192)).float()))  # noqa: E731
     with torch.no_grad():
@@ -50,7 +51,7 @@ def make_checkpoint(tmp_path, backbone="resnet18", arch="fcn8s", geometry="align
         # centre each class's mean logit, so that the argmax depends on the image rather than on one class winning
         # everywhere (what random VGG features, all positive after ReLU, do)
         model.score_fr.bias.sub_(calibration().mean((0, 2, 3)))
-    path = tmp_path / f"{arch}-{backbone}-{geometry}.pt"
+    path = tmp_path / f"{arch}-{backbone}-{geometry}{'-gc' if global_context else ''}.pt"
     torch.save({"model": model.state_dict(), "model_spec": fcnseg.model_spec(model), "classes": list(classes),
                 "palette": [list(c) for c in palette], "config": {}, "iteration": 0}, path)
     return path
@@ -169,9 +170,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("arch,backbone,geometry", CASES)
-def test_onnx_export_verifies_for_every_backbone(tmp_path, arch, backbone, geometry):
-    ckpt = make_checkpoint(tmp_path, backbone=backbone, arch=arch, geometry=geometry)
+@pytest.mark.parametrize("arch,backbone,geometry,global_context", [
+    (*c, False) if isinstance(c, tuple) else pytest.param(*c.values, False, marks=c.marks) for c in CASES] + [
+    ("fcn4s", "resnet18", "aligned", True)])
+def test_onnx_export_verifies_for_every_backbone(tmp_path, arch, backbone, geometry, global_context):
+    ckpt = make_checkpoint(tmp_path, backbone=backbone, arch=arch, geometry=geometry, global_context=global_context)
     out = tmp_path / "m.onnx"
     results = export.export_checkpoint(ckpt, out, format="onnx")
     assert [r["shape"] for r in results] == [list(s) for s in export.VERIFY_SHAPES]

@@ -235,3 +235,24 @@ def test_vgg_fc6_fc7_are_gemm_convs():
     from fcnseg.models import build_model
     model = build_model("fcn8s", backbone="vgg16", num_classes=3)
     assert type(model.backbone.fc6) is GemmConv2d and type(model.backbone.fc7) is GemmConv2d
+
+
+def test_global_context_adds_the_image_level_scores_to_every_pixel():
+    torch.manual_seed(0)
+    plain = fcnseg.build_model("fcn4s", backbone="resnet18", num_classes=5).eval()
+    gc = fcnseg.build_model("fcn4s", backbone="resnet18", num_classes=5, global_context=True).eval()
+    missing = gc.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["score_global.bias", "score_global.weight"]
+    with torch.no_grad():
+        for name in plain.score_layers():  # non-zero scores, so the comparison is not between zero maps
+            getattr(plain, name).weight.normal_(0, 0.05)
+        gc.load_state_dict(plain.state_dict(), strict=False)
+        x = torch.randn(2, 3, 70, 90)
+        base = plain(x)
+        assert torch.equal(gc(x), base)  # zero-initialised: a fresh branch changes nothing
+        gc.score_global.weight.normal_(0, 0.05)
+        gc.score_global.bias.copy_(torch.arange(5.0))
+        top = gc.backbone(x)[32].mean((2, 3))  # by hand: the averaged stride-32 features through the linear layer
+        expect = top @ gc.score_global.weight.T + gc.score_global.bias
+        assert torch.allclose(gc(x), base + expect[:, :, None, None], atol=1e-5)
+    assert fcnseg.model_spec(gc)["global_context"] is True and "global_context" not in fcnseg.model_spec(plain)
