@@ -154,7 +154,6 @@ def evaluate(predictor: Predictor, dataset, *, num_classes: int, ignore_index: i
     return result
 
 
-# ----------------------------------------------------------------------------------------------- training
 def restrict_to_classes(probs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Class probabilities (N, C, H, W) renormalised over ``classes`` only (the others get 0)."""
     keep = torch.zeros(probs.shape[1], dtype=torch.bool, device=probs.device)
@@ -164,6 +163,7 @@ def restrict_to_classes(probs: torch.Tensor, classes: torch.Tensor) -> torch.Ten
     return kept / kept.sum(1, keepdim=True)
 
 
+# ----------------------------------------------------------------------------------------------- training
 class _Seeded(torch.utils.data.Dataset):
     """Each sample's augmentation is seeded by (seed, epoch, position): identical whichever worker or process
     decodes it, which is what makes ``--resume`` exact."""
