@@ -494,7 +494,7 @@ def cmd_demo(args):
     print("[2/5] evaluating on the synthetic val split…")
     ev = argparse.Namespace(checkpoint=str(best), data=None, root=None, split=None, out=str(out / "eval"), flip=False,
                             scales=None, window=None, crf=False, crf_max_side=None, max_images=None,
-                            device=args.device, amp="auto")
+                            given_tags=False, device=args.device, amp="auto")
     cmd_evaluate(ev)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     print("[3/5] predicting on new generated images (another seed, a larger size)…")
