@@ -275,6 +275,9 @@ def _add_predict(subs):
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True)
     p.add_argument("--probs", action="store_true", help="also save class probabilities as .npy (C×H×W float16)")
+    p.add_argument("--tags", help="known classes, comma-separated (e.g. null,skin,hair,dress,shoes): each pixel "
+                   "takes the likeliest of these only; list the background class too (the protocol of "
+                   "`fcnseg evaluate --given-tags`, for photos whose garments are known)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average with horizontally flipped predictions (default: the recipe's eval_flip)")
     p.add_argument("--scales", help="multi-scale averaging, e.g. 0.75,1,1.25 (default: the recipe's eval_scales)")
@@ -304,11 +307,22 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
+def _tag_indices(tags: str, classes: list[str]):
+    """``"null,skin,dress"`` → a tensor of those classes' indices; an unknown name is a user error."""
+    import torch
+    names = [t.strip() for t in tags.split(",") if t.strip()]
+    unknown = [n for n in names if n not in classes]
+    if not names or unknown:
+        raise UserError(f"--tags: unknown class {(unknown or [tags])[0]!r}; the model's classes are "
+                        f"{', '.join(classes)}")
+    return torch.tensor(sorted({classes.index(n) for n in names}))
+
+
 def cmd_predict(args):
     import numpy as np
     from tqdm import tqdm
     from .data.io import read_image
-    from .engine import model_from_checkpoint
+    from .engine import model_from_checkpoint, restrict_to_classes
     from .inference import Predictor
     from .viz import legend, overlay, save_image, save_index_png, to_pil
     model, ckpt = model_from_checkpoint(args.checkpoint)
@@ -322,6 +336,7 @@ def cmd_predict(args):
         model.num_classes)
     predictor = Predictor(model, args.device, amp=args.amp)
     opts = _predict_options(args, ckpt)
+    allowed = _tag_indices(args.tags, model.classes) if args.tags else None
     failed = []
     stems: dict[str, int] = {}
     for f in tqdm(files, desc="predict", dynamic_ncols=True):
@@ -330,7 +345,10 @@ def cmd_predict(args):
         except UserError as e:
             failed.append(str(e))
             continue
-        probs = predictor.predict_image(image[None], **opts)[0].cpu()
+        probs = predictor.predict_image(image[None], **opts).cpu()
+        if allowed is not None:
+            probs = restrict_to_classes(probs, allowed)
+        probs = probs[0]
         pred = probs.argmax(0)
         stem = f.stem if f.stem not in stems else f"{f.stem}-{stems[f.stem]}"
         stems[f.stem] = stems.get(f.stem, 0) + 1

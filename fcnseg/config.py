@@ -53,6 +53,9 @@ class TrainConfig:
     ignore_index: int = 255
     class_weights: str | list | None = None  # a `data stats` JSON path (median-frequency weights) or a list
     loss_reduction: str = "mean"  # "sum" = the authors' unnormalised loss
+    # weight of an image-level loss on the global_context branch: binary cross-entropy of its class scores against
+    # which classes the (augmented) mask contains, averaged over images and classes; 0 = off
+    presence_loss: float = 0.0
     # optimisation
     optimizer: str = "sgd"
     lr: float = 0.01
@@ -192,7 +195,29 @@ def _coerce(name: str, value: Any) -> Any:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             pass
-    return value
+    return _numeric(name, value)
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _numeric(name: str, value: Any) -> Any:
+    """Numbers for numeric keys: YAML 1.1 reads ``4e-3`` (no dot) as a string, so ``--set lr=4e-3`` and ``lr: 4e-3``
+    would otherwise reach the trainer as text. A key that must be a number and is not is a user error."""
+    kind = str(FIELDS[name].type).replace(" ", "")
+    if kind not in ("float", "int", "float|None", "int|None"):
+        return value
+    if value is None and kind.endswith("None"):
+        return value
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{name} must be a number, got {value!r}")
+    if kind.startswith("int"):
+        if value != int(value):
+            raise UserError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
 
 
 def resolve_config(recipe: str | None = None, yaml_path: str | Path | None = None,
@@ -245,6 +270,13 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"ema_decay must be in (0, 1) (e.g. 0.999), got {cfg.ema_decay}")
     if cfg.lr <= 0:
         raise UserError(f"lr must be > 0, got {cfg.lr}")
+    from .baselines import BASELINE_ARCH
+    if cfg.global_context and cfg.arch == BASELINE_ARCH:
+        raise UserError(f"global_context is a branch of fcnseg's FCNs; {BASELINE_ARCH} (torchvision's model) has none")
+    if cfg.presence_loss < 0 or (cfg.presence_loss and not cfg.global_context):
+        raise UserError(f"presence_loss must be >= 0 and needs the image-level branch it trains: add "
+                        f"--set global_context=true (got presence_loss={cfg.presence_loss}, "
+                        f"global_context={cfg.global_context})")
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).is_file():
         raise UserError(f"--resume: checkpoint not found: {cfg.resume} (use --resume auto to continue RUN_DIR)")
     parse_duration(cfg.time_budget)
@@ -276,7 +308,6 @@ def stage_configs(cfg: TrainConfig) -> list[tuple[str | None, TrainConfig]]:
         name = stage.pop("name", f"stage{i + 1}")
         if "fraction" in stage:  # a share of the recipe's max_iters, so --max-iters scales every stage
             stage["max_iters"] = max(1, round(float(stage.pop("fraction")) * cfg.max_iters))
-        for k in stage:
-            _coerce(k, None)
+        stage = {k: _coerce(k, v) for k, v in stage.items()}
         out.append((name, dataclasses.replace(cfg, stages=[], **stage)))
     return out
