@@ -53,9 +53,6 @@ class TrainConfig:
     ignore_index: int = 255
     class_weights: str | list | None = None  # a `data stats` JSON path (median-frequency weights) or a list
     loss_reduction: str = "mean"  # "sum" = the authors' unnormalised loss
-    # weight of an image-level loss on the global_context branch: binary cross-entropy of its class scores against
-    # which classes the (augmented) mask contains, averaged over images and classes; 0 = off
-    presence_loss: float = 0.0
     # optimisation
     optimizer: str = "sgd"
     lr: float = 0.01
@@ -273,10 +270,6 @@ def validate(cfg: TrainConfig) -> None:
     from .baselines import BASELINE_ARCH
     if cfg.global_context and cfg.arch == BASELINE_ARCH:
         raise UserError(f"global_context is a branch of fcnseg's FCNs; {BASELINE_ARCH} (torchvision's model) has none")
-    if cfg.presence_loss < 0 or (cfg.presence_loss and not cfg.global_context):
-        raise UserError(f"presence_loss must be >= 0 and needs the image-level branch it trains: add "
-                        f"--set global_context=true (got presence_loss={cfg.presence_loss}, "
-                        f"global_context={cfg.global_context})")
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).is_file():
         raise UserError(f"--resume: checkpoint not found: {cfg.resume} (use --resume auto to continue RUN_DIR)")
     parse_duration(cfg.time_budget)

@@ -294,22 +294,6 @@ def pixel_loss(logits: torch.Tensor, masks: torch.Tensor, **kwargs) -> torch.Ten
     return F.cross_entropy(logits.float().contiguous(), masks, **kwargs)
 
 
-def class_presence(masks: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
-    """N×C float targets: 1 where image n's mask contains class c (the ignore index and other out-of-range values
-    count for nothing)."""
-    flat = masks.flatten(1).long()
-    flat = torch.where((flat >= 0) & (flat < num_classes) & (flat != ignore_index), flat, num_classes)
-    present = torch.zeros(flat.shape[0], num_classes + 1, device=masks.device)
-    return present.scatter_(1, flat, 1.0)[:, :num_classes]
-
-
-def presence_loss(scores: torch.Tensor, masks: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """Image-level loss of the ``global_context`` branch: binary cross-entropy (in float32) of its N×C class scores
-    against the classes each mask contains, averaged over images and classes."""
-    target = class_presence(masks, scores.shape[1], ignore_index)
-    return F.binary_cross_entropy_with_logits(scores.float(), target)
-
-
 def _class_weights(cfg: TrainConfig, num_classes: int, device) -> torch.Tensor | None:
     cw = cfg.class_weights
     if cw is None:
@@ -688,14 +672,9 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                 sync = nullcontext() if (world == 1 or micro == accum - 1) else net.no_sync()
                 with sync:
                     with autocast(device, amp):
-                        if cfg.presence_loss:
-                            logits, image_scores = net(images, image_scores=True)
-                        else:
-                            logits = net(images)
+                        logits = net(images)
                     loss = pixel_loss(logits, masks, weight=weight, ignore_index=cfg.ignore_index,
                                       reduction=cfg.loss_reduction)
-                    if cfg.presence_loss:
-                        loss = loss + cfg.presence_loss * presence_loss(image_scores, masks, cfg.ignore_index)
                     if not torch.isfinite(loss):
                         files = "; ".join(train_ds.describe(i) for i in indices)
                         raise UserError(f"loss is {loss.item()} at iteration {iteration + 1} on batch {files}; "

@@ -178,18 +178,11 @@ class FCN(nn.Module):
         for name in self.upsample_layers():
             getattr(self, name).weight.requires_grad_(learnable)
 
-    def forward(self, x: torch.Tensor, image_scores: bool = False):
-        """N×C×H×W logits; with ``image_scores`` (``global_context`` only) also the N×C image-level class scores
-        that were added to every pixel, for an image-level loss (``presence_loss``)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)
         logits = self._decode(feats, x.shape[-2:])
         if self.global_context:
-            scores = self.score_global(feats[32].mean((2, 3)))
-            logits = logits + scores[:, :, None, None]
-            if image_scores:
-                return logits, scores
-        elif image_scores:
-            raise ValueError("image_scores needs the image-level branch (global_context=True)")
+            logits = logits + self.score_global(feats[32].mean((2, 3)))[:, :, None, None]
         return logits
 
     def _decode(self, feats: dict, size) -> torch.Tensor:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -230,32 +229,6 @@ def test_global_context_trains_and_reloads(tmp_path):
     model, ckpt = engine.model_from_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["model_spec"]["global_context"] is True
     assert model.score_global.weight.abs().sum() > 0  # trained away from its zero initialisation
-    assert model(torch.randn(1, 3, 33, 47)).shape == (1, 7, 33, 47)
-
-
-def test_class_presence_and_presence_loss_by_hand():
-    masks = torch.tensor([[[0, 2], [255, 2]], [[1, 1], [1, 1]]])  # image 0: classes 0 and 2 (255 ignored); 1: class 1
-    target = engine.class_presence(masks, 3)
-    assert target.tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
-    assert engine.class_presence(masks, 3, ignore_index=1).tolist() == [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
-    scores = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
-    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731 — BCE written out from the sigmoid
-    by_hand = -(math.log(sig(2.0)) + math.log(1 - sig(-1.0)) + math.log(sig(0.5))
-                + math.log(1 - sig(0.0)) + math.log(sig(3.0)) + math.log(1 - sig(-2.0))) / 6
-    assert engine.presence_loss(scores, masks) == pytest.approx(by_hand, rel=1e-6)
-
-
-def test_presence_loss_trains_the_image_level_branch(tmp_path):
-    common = dict(arch="fcn4s", global_context=True, max_iters=3, val_every=100, deterministic=True)
-    train(tiny(tmp_path, "plain", **common), progress=False)
-    train(tiny(tmp_path, "presence", presence_loss=1.0, **common), progress=False)
-    plain = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
-    presence = load_checkpoint(tmp_path / "presence" / "last.pt")
-    assert presence["config"]["presence_loss"] == 1.0
-    # the extra loss reaches the branch and, through the averaged features, the backbone
-    assert not torch.equal(plain["score_global.weight"], presence["model"]["score_global.weight"])
-    assert not torch.equal(plain["backbone.body.layer4.1.conv2.weight"], presence["model"]["backbone.body.layer4.1.conv2.weight"])
-    model, _ = engine.model_from_checkpoint(tmp_path / "presence" / "last.pt")
     assert model(torch.randn(1, 3, 33, 47)).shape == (1, 7, 33, 47)
 
 
