@@ -326,6 +326,7 @@ def cmd_predict(args):
     from .inference import Predictor
     from .viz import legend, overlay, save_image, save_index_png, to_pil
     model, ckpt = model_from_checkpoint(args.checkpoint)
+    allowed = _tag_indices(args.tags, model.classes) if args.tags else None
     files = expand_inputs(args.inputs)
     out = Path(args.out)
     try:
@@ -336,7 +337,6 @@ def cmd_predict(args):
         model.num_classes)
     predictor = Predictor(model, args.device, amp=args.amp)
     opts = _predict_options(args, ckpt)
-    allowed = _tag_indices(args.tags, model.classes) if args.tags else None
     failed = []
     stems: dict[str, int] = {}
     for f in tqdm(files, desc="predict", dynamic_ncols=True):
@@ -510,19 +510,19 @@ def cmd_demo(args):
     summary = train(cfg)
     best = Path(summary["best"])
     print("[2/5] evaluating on the synthetic val split…")
-    ev = argparse.Namespace(checkpoint=str(best), data=None, root=None, split=None, out=str(out / "eval"), flip=False,
-                            scales=None, window=None, crf=False, crf_max_side=None, max_images=None,
-                            given_tags=False, device=args.device, amp="auto")
-    cmd_evaluate(ev)
+    # the real parser builds the commands' arguments, so every option gets its default (hand-built Namespaces once
+    # lacked a new option and broke the demo)
+    parser = build_parser()
+    cmd_evaluate(parser.parse_args(["evaluate", str(best), "--out", str(out / "eval"), "--no-flip",
+                                    "--device", args.device]))
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     print("[3/5] predicting on new generated images (another seed, a larger size)…")
     ds = get_dataset("synthetic", None, "test", length=4, size=(192, 256), seed=123)
     for i in range(len(ds)):
         img, _ = ds[i]
         save_image(to_pil(img.as_subclass(__import__("torch").Tensor)), out / "inputs" / f"scene{i}.png")
-    cmd_predict(argparse.Namespace(checkpoint=str(best), inputs=[str(out / "inputs")], out=str(out / "predictions"),
-                                   probs=False, flip=False, scales=None, window=None, alpha=0.5, device=args.device,
-                                   amp="auto"))
+    cmd_predict(parser.parse_args(["predict", str(best), str(out / "inputs"), "--out", str(out / "predictions"),
+                                   "--no-flip", "--device", args.device]))
     print("[4/5] visualization grid…")
     grid = visualize(best, argparse.Namespace(data=None, root=None, split=None), n=6, out=out / "grid.png",
                      device=args.device)

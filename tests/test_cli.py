@@ -118,6 +118,7 @@ def test_predict_with_known_tags(checkpoint, tmp_path, capsys):
     assert (tagged == by_hand).mean() > 0.99
     assert main(["predict", str(checkpoint), str(imgs), "--out", str(tmp_path / "bad"), "--tags", "sky,jeans"]) == 2
     assert "--tags: unknown class 'jeans'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
 def test_predict_reports_unreadable_inputs(checkpoint, tmp_path, capsys):
