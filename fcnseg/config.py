@@ -27,9 +27,6 @@ class TrainConfig:
     scale_range: list | None = field(default_factory=lambda: [0.5, 2.0])
     hflip: bool = True
     color_jitter: float = 0.0
-    # ClassMix between the samples of each batch (data.transforms.class_mix): the share of samples that get half the
-    # classes of the next sample pasted in (0 = off)
-    class_mix: float = 0.0
     # progressive resizing: [[progress, scale], ...] — from that share of the run (iterations or time budget, as the lr
     # schedule counts it) each augmented batch is resized by ``scale`` (images bilinear, masks nearest), e.g.
     # [[0, 0.67], [0.6, 1]] trains the first 60% at two thirds of the crop size: cheaper steps, more of them
@@ -268,8 +265,6 @@ def validate(cfg: TrainConfig) -> None:
                             f"geometry caffe only with VGG and the paper's archs)")
     if cfg.channels_last not in (True, False, "auto"):
         raise UserError(f"channels_last must be true, false or auto, got {cfg.channels_last!r}")
-    if not 0 <= float(cfg.class_mix) <= 1:
-        raise UserError(f"class_mix must be in [0, 1] (the share of samples that get pasted classes), got {cfg.class_mix}")
     if cfg.ema_decay is not None and not 0 < float(cfg.ema_decay) < 1:
         raise UserError(f"ema_decay must be in (0, 1) (e.g. 0.999), got {cfg.ema_decay}")
     if cfg.lr <= 0:

@@ -25,7 +25,7 @@ from . import distributed as dist
 from .config import TrainConfig, parse_duration, stage_configs
 from .data import get_dataset
 from .data.base import DecodedCache
-from .data.transforms import build_transforms, class_mix, pad_collate
+from .data.transforms import build_transforms, pad_collate
 from .errors import UserError
 from .inference import Predictor, autocast, resolve_amp, resolve_channels_last, select_device
 from .metrics import confusion_matrix, image_mean_iou, scores
@@ -667,8 +667,6 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                     files = "; ".join(train_ds.describe(i) for i in indices)
                     raise UserError(f"label {v} is outside [0, {num_classes}) and not the ignore index "
                                     f"{cfg.ignore_index} in batch {files}; run `fcnseg data check`")
-                images, masks = class_mix(images, masks, cfg.class_mix, keep=train_ds.background_index,
-                                          ignore_index=cfg.ignore_index)
                 if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 sync = nullcontext() if (world == 1 or micro == accum - 1) else net.no_sync()

@@ -415,18 +415,3 @@ def test_size_schedule_trains_on_smaller_batches_then_full_size(tmp_path, monkey
     assert seen == [(20, 20), (20, 20), (40, 40), (40, 40)]
     log = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
     assert [r["size_scale"] for r in log if "size_scale" in r] == [0.5, 1.0]
-
-
-def test_class_mix_reaches_the_loss_and_is_checked(tmp_path, monkeypatch):
-    from fcnseg.errors import UserError
-    calls, losses = [], []
-    monkeypatch.setattr(engine, "class_mix", lambda im, m, p, **kw: calls.append((p, kw["keep"])) or
-                        (im, torch.full_like(m, 1)))  # a stand-in whose output is recognisable in the loss
-    real = engine.pixel_loss
-    monkeypatch.setattr(engine, "pixel_loss", lambda logits, masks, **kw: losses.append(masks.unique().tolist())
-                        or real(logits, masks, **kw))
-    train(tiny(tmp_path, max_iters=2, val_every=10, class_mix=0.5), progress=False)
-    assert calls == [(0.5, None), (0.5, None)]  # every batch; the synthetic set names no background class
-    assert losses == [[1], [1]]
-    with pytest.raises(UserError, match="class_mix must be in"):
-        resolve_config(None, None, {**TINY, "class_mix": 1.5})

@@ -5,7 +5,7 @@ import torch
 from torchvision import tv_tensors
 
 from fcnseg.data import get_dataset
-from fcnseg.data.transforms import build_transforms, class_mix, pad_collate
+from fcnseg.data.transforms import build_transforms, pad_collate
 
 
 def test_image_and_mask_stay_aligned_and_masks_gain_no_values():
@@ -59,55 +59,3 @@ def test_synthetic_is_deterministic_and_has_all_classes():
     for i in range(20):
         present |= set(ds[i][1].unique().tolist())
     assert present == set(range(7)) and len(ds.classes) == 7
-
-
-def _outfits(n=4, size=(12, 10)):
-    """A batch of n 'outfits': background 0, a few garment classes in bands, crop padding (255) at the right; every
-    image pixel carries its sample number and label, so pasted pixels can be traced to where they came from."""
-    masks = torch.zeros(n, *size, dtype=torch.int64)
-    for i in range(n):
-        for band, label in enumerate(range(1 + 3 * i, 4 + 3 * i + (i % 2))):  # 3 or 4 garments per sample
-            masks[i, 2 + 2 * band: 4 + 2 * band, 2:8] = label
-    masks[1, :, 8:] = 255
-    if n > 3:
-        masks[3] = 0  # a sample with nothing but background
-    images = (masks * 10 + torch.arange(n).view(n, 1, 1)).to(torch.float32)[:, None].expand(n, 3, *size).clone()
-    return images, masks
-
-
-def test_class_mix_pastes_half_the_classes_of_the_next_sample_at_the_same_place():
-    images, masks = _outfits()
-    before = images.clone(), masks.clone()
-    g = torch.Generator().manual_seed(0)
-    out_images, out_masks = class_mix(images, masks, 1.0, keep=0, generator=g)
-    assert torch.equal(images, before[0]) and torch.equal(masks, before[1])  # inputs untouched
-    n = masks.shape[0]
-    for i in range(n):
-        src = masks[(i + 1) % n]
-        garments = set(src.unique().tolist()) - {0, 255}
-        pasted = out_masks[i] != masks[i]
-        got = set(out_masks[i][pasted].unique().tolist())
-        # exactly ceil(half) of the next sample's garments, never its background or padding, each one whole
-        assert got <= garments and len(got) == (len(garments) + 1) // 2
-        assert torch.equal(pasted, torch.isin(src, torch.tensor(sorted(got))) & (src != masks[i]))
-        assert torch.equal(out_masks[i][pasted], src[pasted])
-        # the image follows the mask: pasted pixels are the source sample's, the rest the sample's own
-        assert torch.equal(out_images[i][:, pasted], images[(i + 1) % n][:, pasted])
-        assert torch.equal(out_images[i][:, ~pasted], images[i][:, ~pasted])
-    assert torch.equal(out_masks[2], masks[2]) and torch.equal(out_images[2], images[2])  # sample 3 is all background
-    # without a background class, background is a class like any other
-    _, m = class_mix(images, masks, 1.0, keep=None, generator=torch.Generator().manual_seed(0))
-    assert not torch.equal(m[2], masks[2])
-
-
-def test_class_mix_rate_and_no_op():
-    images, masks = _outfits(n=2)
-    same = class_mix(images, masks, 0.0)
-    assert same[0] is images and same[1] is masks
-    one = images[:1], masks[:1]
-    same = class_mix(*one, 1.0)  # a batch of one has no partner
-    assert same[0] is one[0] and same[1] is one[1]
-    g = torch.Generator().manual_seed(1)
-    changed = sum(not torch.equal(class_mix(images, masks, 0.3, keep=0, generator=g)[1][0], masks[0])
-                  for _ in range(1000))
-    assert 250 < changed < 350  # sample 0 gets classes pasted in about 30% of batches

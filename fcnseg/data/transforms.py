@@ -66,36 +66,3 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]], ignore_index: in
         images[i, :, :img.shape[-2], :img.shape[-1]] = img.as_subclass(torch.Tensor)
         masks[i, :mask.shape[-2], :mask.shape[-1]] = mask.as_subclass(torch.Tensor)
     return images, masks
-
-
-def class_mix(images: torch.Tensor, masks: torch.Tensor, prob: float, *, keep: int | None = None,
-              ignore_index: int = IGNORE_INDEX, generator: torch.Generator | None = None):
-    """ClassMix (Olsson et al., WACV 2021) between the samples of a training batch, a copy-paste augmentation.
-
-    With probability ``prob`` sample ``i`` receives, at the same place, the pixels and labels of a random half of the
-    classes in sample ``i + 1`` (cyclically): on clothing data, outfits no photo has (one person's top over another's
-    skirt), so a garment's class must come from its own look rather than from the outfit it usually appears in.
-    ``keep`` (the background class) and ``ignore_index`` (crop padding) are never pasted. Images may be uint8 or
-    normalised float; returns new tensors (the inputs are not changed) — or the inputs themselves when nothing is
-    pasted. Randomness comes from ``generator`` (default: torch's global CPU generator, so runs repeat by seed).
-    """
-    n = images.shape[0]
-    if prob <= 0 or n < 2:
-        return images, masks
-    draw = torch.rand(n, generator=generator)
-    out_images, out_masks = images, masks
-    for i in range(n):
-        if draw[i] >= prob:
-            continue
-        src = masks[(i + 1) % n]
-        present = src.unique().cpu()
-        present = present[(present != ignore_index) & (present != (-1 if keep is None else keep))]
-        if present.numel() == 0:
-            continue
-        chosen = present[torch.randperm(present.numel(), generator=generator)[: (present.numel() + 1) // 2]]
-        paste = torch.isin(src, chosen.to(src.device))
-        if out_images is images:
-            out_images, out_masks = images.clone(), masks.clone()
-        out_images[i] = torch.where(paste, images[(i + 1) % n], images[i])
-        out_masks[i] = torch.where(paste, src, masks[i])
-    return out_images, out_masks
