@@ -47,5 +47,8 @@ class Normalization:
 IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), name="imagenet")
 # The authors' Caffe FCN (and pytorch-fcn): BGR, 0-255, ILSVRC mean pixel
 CAFFE_BGR = Normalization((104.00698793, 116.66876762, 122.67891434), bgr=True, value_range=255.0, name="caffe")
+# torchvision's features-only VGG16 (VGG16_Weights.IMAGENET1K_FEATURES, ported from amdegroot/ssd.pytorch): RGB, 0-255
+# minus the mean pixel
+VGG16_FEATURES = Normalization((0.48235, 0.45882, 0.40784), (1 / 255, 1 / 255, 1 / 255), name="vgg16-features")
 # torchvision Inception-v3 (transform_input convention: [-1, 1])
 INCEPTION = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), name="inception")

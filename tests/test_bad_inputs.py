@@ -445,6 +445,15 @@ def test_nan_loss_names_iteration_and_files(w, tmp_path, monkeypatch, capsys):
     assert "lower --lr" in line
 
 
+def test_an_unannotated_image_does_not_stop_training(tmp_path, capsys):
+    """s0's mask is all void: with batch 1 one step sees no labelled pixel, which must not end as a NaN loss."""
+    root = folder(tmp_path / "data", mask=lambda i: labels((255,)) if i == 0 else labels(seed=i))
+    rc, out, err = run_main(capsys, train_args(root, tmp_path / "run", "--batch-size", "1", "--crop-size", "64",
+                                               "--max-iters", "2"))
+    assert rc == 0, err
+    assert (tmp_path / "run" / "last.pt").is_file()
+
+
 def test_out_of_memory_suggests_smaller_batch_crop_or_autocast(w, tmp_path, monkeypatch, capsys):
     def oom(forward):
         def fwd(x):

@@ -267,6 +267,10 @@ def test_seg11valid(tmp_path):
     (tmp_path / "seg11valid.txt").write_text("y\nz\n")
     ds = get_dataset("seg11valid", tmp_path, "val")
     assert [p.stem for p, _ in ds.pairs] == ["y", "z"] and "VOC2011" in str(ds.pairs[0][0])
+    other = tmp_path / "as-extracted"  # VOCtrainval_25-May-2011.tar unpacks to TrainVal/VOCdevkit/VOC2011
+    make_voc(other / "TrainVal", ["x"], ["y"], year="2011")
+    (other / "seg11valid.txt").write_text("y\n")
+    assert [p.stem for p, _ in get_dataset("seg11valid", other, "val").pairs] == ["y"]
     sample(ds)
     with pytest.raises(UserError, match="valid: val"):
         get_dataset("seg11valid", tmp_path, "train")
@@ -326,7 +330,8 @@ def test_pascal_context(tmp_path):
 def test_siftflow(tmp_path):
     from fcnseg.data.siftflow import SUBDIR
     base = tmp_path / "SiftFlowDataset"
-    for k, stem in enumerate(["coast_arnat59", "forest_for114", "street_art256"]):
+    # highway_bost181 and street_urb506 ship without annotations (all 0): the FCN authors' splits leave them out
+    for k, stem in enumerate(["coast_arnat59", "forest_for114", "street_art256", "highway_bost181", "street_urb506"]):
         write_image(base / "Images" / SUBDIR / f"{stem}.jpg", k)
         (base / "SemanticLabels" / SUBDIR).mkdir(parents=True, exist_ok=True)
         scipy.io.savemat(base / "SemanticLabels" / SUBDIR / f"{stem}.mat",

@@ -415,3 +415,22 @@ def test_size_schedule_trains_on_smaller_batches_then_full_size(tmp_path, monkey
     assert seen == [(20, 20), (20, 20), (40, 40), (40, 40)]
     log = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
     assert [r["size_scale"] for r in log if "size_scale" in r] == [0.5, 1.0]
+
+
+def test_pixel_loss_of_a_batch_without_labels_is_zero_not_nan():
+    """A batch without a labelled pixel (an all-void crop, an unannotated image) has no mean: no gradient, not NaN,
+    which would stop training. Real NaNs and the mean over labelled pixels are unchanged."""
+    import torch.nn.functional as F
+    logits = torch.randn(2, 3, 4, 5, requires_grad=True)
+    loss = engine.pixel_loss(logits, torch.full((2, 4, 5), 255), ignore_index=255)
+    assert loss.item() == 0
+    loss.backward()
+    assert logits.grad is not None and not logits.grad.any()
+    masks = torch.zeros(2, 4, 5, dtype=torch.long)  # every pixel of a class whose weight is 0: no weight to divide by
+    assert engine.pixel_loss(logits, masks, ignore_index=255, weight=torch.tensor([0.0, 1.0, 1.0])).item() == 0
+    bad = logits.detach().clone()
+    bad[0, 0, 0, 0] = float("nan")
+    assert torch.isnan(engine.pixel_loss(bad, masks, ignore_index=255))
+    masks[0] = 255
+    assert torch.equal(engine.pixel_loss(logits, masks, ignore_index=255),
+                       F.cross_entropy(logits, masks, ignore_index=255))

@@ -504,6 +504,122 @@ def test_torchvision_vgg16_into_fcn8s(tv_vgg16, tmp_path):
     assert model.normalization == IMAGENET
 
 
+def test_pytorch_fcn_vgg16_from_caffe_keeps_caffe_normalisation(tv_vgg16, tmp_path, monkeypatch):
+    """pytorch-fcn's vgg16_from_caffe.pth: Caffe's VGG16 (BGR, 0-255 minus the mean pixel) under torchvision's names
+    (torchfcn/models/vgg.py). Recognised by its name, by its checksum when renamed, or by format="pytorch-fcn"."""
+    import hashlib
+    path = tmp_path / "vgg16_from_caffe.pth"
+    torch.save(tv_vgg16, path)
+    model = build()
+    fcnseg.load_weights(model, path)
+    assert_same({f"backbone.{k}": v for k, v in tv_vgg16.items() if k.startswith("features.")}, model)
+    assert torch.equal(model.backbone.fc7.weight, tv_vgg16["classifier.3.weight"].reshape(4096, 4096, 1, 1))
+    assert model.normalization == CAFFE_BGR
+    renamed = path.rename(tmp_path / "vgg16.pth")
+    model.normalization = IMAGENET
+    fcnseg.load_weights(model, renamed, format="pytorch-fcn")
+    assert model.normalization == CAFFE_BGR
+    fcnseg.load_weights(model, renamed)  # another VGG16 file: torchvision's
+    assert model.normalization == IMAGENET
+    from fcnseg import weights
+    monkeypatch.setattr(weights, "PYTORCH_FCN_VGG16_MD5", hashlib.md5(renamed.read_bytes()).hexdigest())
+    fcnseg.load_weights(model, renamed)  # the published file under another name: its checksum
+    assert model.normalization == CAFFE_BGR
+
+
+def test_torchvision_vgg16_features_only(tv_vgg16, tmp_path, caplog):
+    """VGG16_Weights.IMAGENET1K_FEATURES: valid features, a classifier of missing values, RGB 0-255 minus the mean
+    pixel (torchvision's transforms for it). fc6/fc7 must keep their initialisation, not become NaN."""
+    from fcnseg.normalization import VGG16_FEATURES
+    state = {k: v.clone() if k.startswith("features.") else torch.full_like(v, float("nan"))
+             for k, v in tv_vgg16.items()}
+    path = tmp_path / "vgg16_features-amdegroot-88682ab5.pth"
+    torch.save(state, path)
+    del state
+    model = build()
+    fc6 = model.backbone.fc6.weight.detach().clone()
+    fcnseg.load_weights(model, path)
+    assert torch.equal(model.backbone.fc6.weight, fc6) and torch.isfinite(model.backbone.fc7.weight).all()
+    assert_same({f"backbone.{k}": v for k, v in tv_vgg16.items() if k.startswith("features.")}, model)
+    assert model.normalization == VGG16_FEATURES and "features-only" in caplog.text
+    weights = torchvision.models.VGG16_Weights.IMAGENET1K_FEATURES
+    assert os.path.basename(weights.url) == path.name
+    image = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8)
+    mean = torch.tensor(weights.transforms().mean).view(3, 1, 1)
+    std = torch.tensor(weights.transforms().std).view(3, 1, 1)
+    assert torch.allclose(VGG16_FEATURES(image), (image / 255 - mean) / std, atol=1e-3)
+
+
+def _head_layers(model, rename=lambda name: name) -> dict[str, list[np.ndarray]]:
+    """The head layers of ``model`` (pytorch-fcn / Caffe names) as caffemodel layers."""
+    return {rename(k): v for k, v in group_layers(to_pytorch_fcn(model)).items() if k in FCN8S_HEAD}
+
+
+@pytest.mark.parametrize("container", ["caffemodel", "pytorch-fcn checkpoint", "fcnseg checkpoint"])
+def test_at_once_and_staged_fcn8s_weights_do_not_mix(fcn8s_vgg16, tmp_path, container):
+    """FCN-8s at-once scales pool4 by 0.01 and pool3 by 0.0001 before scoring them (the authors' net.py, pytorch-fcn's
+    FCN8sAtOnce); the staged FCN-8s does not. Same tensor names: what the file says it is decides, or it is refused."""
+    def save(atonce: bool):
+        path = tmp_path / f"{'atonce' if atonce else 'staged'}-{container.split()[0]}"
+        if container == "caffemodel":
+            layers = _head_layers(fcn8s_vgg16)
+            if atonce:  # Scale layers with constant blobs (voc-fcn8s-atonce/net.py)
+                layers |= {"scale_pool4": [np.full(512, 0.01, np.float32)],
+                           "scale_pool3": [np.full(256, 1e-4, np.float32)]}
+            write_caffemodel(path, layers)
+        elif container == "pytorch-fcn checkpoint":
+            state = {k: v for k, v in to_pytorch_fcn(fcn8s_vgg16).items() if k.split(".")[0] in FCN8S_HEAD}
+            torch.save({"arch": "FCN8sAtOnce" if atonce else "FCN8s", "model_state_dict": state}, path)
+        else:
+            model = build("fcn8s-atonce" if atonce else "fcn8s", geometry="caffe")
+            state = {k: v for k, v in fcn8s_vgg16.state_dict().items() if k.split(".")[0] in FCN8S_HEAD}
+            torch.save({"model": state, "model_spec": fcnseg.model_spec(model)}, path)
+        return path
+
+    atonce, staged = save(True), save(False)
+    with pytest.raises(UserError, match="at-once.*--arch fcn8s-atonce, not fcn8s") as e:
+        fcnseg.load_weights(build(geometry="caffe"), atonce)
+    assert str(atonce) in str(e.value)
+    with pytest.raises(UserError, match="staged.*not fcn8s-atonce"):
+        fcnseg.load_weights(build("fcn8s-atonce", geometry="caffe"), staged)
+    for arch, path in (("fcn8s-atonce", atonce), ("fcn8s", staged)):
+        model = build(arch, geometry="caffe")
+        fcnseg.load_weights(model, path)
+        assert_same(fcn8s_vgg16.state_dict(), model, [k for k in model.state_dict() if k.split(".")[0] in FCN8S_HEAD])
+
+
+def test_siftflow_semantic_head_loads(fcn8s_vgg16, tmp_path, caplog):
+    """The authors' SIFT Flow nets have two heads, score_fr_sem … and score_fr_geo …: the semantic one is fcnseg's."""
+    layers = _head_layers(fcn8s_vgg16, lambda name: f"{name}_sem")
+    layers |= {k.replace("_sem", "_geo"): [-a for a in v] for k, v in layers.items()}
+    write_caffemodel(path := tmp_path / "siftflow-fcn8s-heavy.caffemodel", layers)
+    model = build(geometry="caffe")
+    report = fcnseg.load_weights(model, path)
+    assert_same(fcn8s_vgg16.state_dict(), model, [k for k in model.state_dict() if k.split(".")[0] in FCN8S_HEAD])
+    assert report["unexpected"] and all("_geo" in k for k in report["unexpected"])
+    assert "untrained head" not in caplog.text
+    write_caffemodel(path, {k: v for k, v in layers.items() if k.endswith("_geo")})
+    with pytest.raises(UserError, match="none of its 9 tensors fit this model"):
+        fcnseg.load_weights(model, path)  # only the head this model cannot use
+
+
+def test_a_file_whose_head_does_not_fit_says_so(fcn8s_vgg16, tmp_path, caplog):
+    layers = {k.replace("score_fr", "score_fr_other"): v for k, v in _head_layers(fcn8s_vgg16).items()
+              if k in ("score_fr", "upscore2")}
+    layers["conv1_1"] = [t.numpy() for t in (fcn8s_vgg16.backbone.features[0].weight.detach(),
+                                             fcn8s_vgg16.backbone.features[0].bias.detach())]
+    write_caffemodel(path := tmp_path / "other-head.caffemodel", layers)
+    fcnseg.load_weights(build("fcn32s", geometry="caffe"), path)
+    assert "untrained head" in caplog.text and "score_fr_other" in caplog.text
+
+
+def test_a_file_with_nothing_for_the_model_is_refused(tmp_path):
+    torch.save({"conv_a.weight": torch.zeros(2, 3, 1, 1), "conv_a.bias": torch.zeros(2)}, path := tmp_path / "x.pth")
+    with pytest.raises(UserError, match="none of its 2 tensors fit this model") as e:
+        fcnseg.load_weights(build(), path, format="pytorch-fcn")
+    assert str(path) in str(e.value)
+
+
 def test_torchvision_resnet18_into_fcn(fcn8s_vgg16, tmp_path):
     torch.manual_seed(5)
     state = torchvision.models.resnet18(weights=None).state_dict()
@@ -533,3 +649,39 @@ def test_imagenet_offline_names_url_and_cache(tmp_path, monkeypatch):
     message = str(e.value)
     assert url in message and str(tmp_path / "hub" / "checkpoints" / os.path.basename(url)) in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickled code"])
+def test_imagenet_cache_is_read_safely(tmp_path, monkeypatch, damage):
+    """A file in torch's cache is read with weights_only=True (torch.hub would unpickle it): a damaged or tampered
+    one ends in one line naming it and saying how to recover, and no code runs."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    cached = tmp_path / "hub" / "checkpoints" / os.path.basename(url)
+    cached.parent.mkdir(parents=True)
+    marker = tmp_path / "MARKER"
+    if damage == "truncated":
+        torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, cached)
+        cached.write_bytes(cached.read_bytes()[:500])
+    else:
+        torch.save({"conv1.weight": torch.zeros(1), "evil": Payload(marker)}, cached)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("no download expected"))
+    with pytest.raises(UserError) as e:
+        build(backbone="resnet18", pretrained_backbone="imagenet")
+    message = str(e.value)
+    assert str(cached) in message and f"delete {cached}" in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_imagenet_cache_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    cached = tmp_path / "hub" / "checkpoints" / os.path.basename(url)
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(6)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, cached)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("no download expected"))
+    model = build(backbone="resnet18", pretrained_backbone="imagenet")
+    assert_same({f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}, model)
+    assert model.normalization == IMAGENET

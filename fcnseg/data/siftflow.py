@@ -23,12 +23,17 @@ CLASSES = ["awning", "balcony", "bird", "boat", "bridge", "building", "bus", "ca
            "door", "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole", "river", "road", "rock",
            "sand", "sea", "sidewalk", "sign", "sky", "staircase", "streetlight", "sun", "tree", "window"]
 
+# shipped without annotations (every pixel 0): the FCN authors' splits leave them out (data/sift-flow/classes.txt of
+# fcn.berkeleyvision.org); in train they would only add all-void batches
+UNANNOTATED = frozenset({"highway_bost181", "street_urb506"})
+
 _HINT = "expected SiftFlowDataset/ with Images/, SemanticLabels/ and TestSet1.txt"
 
 
 class SIFTFlow(PairedFileDataset):
     """SIFT Flow semantic labels: 33 classes, raw 0 (unlabelled) → ``ignore_index``, raw k → k−1.
-    Splits: ``test`` = the images named in TestSet1.txt (200), ``train`` = all others (2,488)."""
+    Splits: ``test`` = the images named in TestSet1.txt (200), ``train`` = all others (2,486) but the two without
+    annotations (``UNANNOTATED``), as in the FCN authors' splits."""
 
     name = "siftflow"
     classes = CLASSES
@@ -51,7 +56,7 @@ class SIFTFlow(PairedFileDataset):
         test = {Path(line.strip().replace("\\", "/")).stem for line in test_list.read_text().splitlines()
                 if line.strip()}
         pairs = [(p, lbl_dir / f"{p.stem}.mat") for p in sorted(img_dir.glob("*.jpg"))
-                 if (p.stem in test) == (split == "test")]
+                 if (p.stem in test) == (split == "test") and p.stem not in UNANNOTATED]
         self.pairs = require_nonempty(pairs, self.name, split, img_dir)
 
     def read_mask(self, path):

@@ -41,8 +41,10 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def find_voc(root: Path, years: tuple[str, ...] = ("2012",)) -> Path:
-    """The ``VOC20xx`` folder under ``root`` (``root`` itself, ``root/VOC20xx``, ``root/VOCdevkit/VOC20xx``)."""
-    cands = [root] + [d for y in years for d in (root / f"VOC{y}", root / "VOCdevkit" / f"VOC{y}")]
+    """The ``VOC20xx`` folder under ``root`` (``root`` itself, ``root/VOC20xx``, ``root/VOCdevkit/VOC20xx``, or
+    ``root/TrainVal/VOCdevkit/VOC20xx``, where the VOC2011 trainval archive puts it)."""
+    cands = [root] + [d for y in years for d in (root / f"VOC{y}", root / "VOCdevkit" / f"VOC{y}",
+                                                 root / "TrainVal" / "VOCdevkit" / f"VOC{y}")]
     for c in cands:
         if (c / "JPEGImages").is_dir() and (c / "SegmentationClass").is_dir():
             return c

@@ -3,8 +3,10 @@
 Formats (detected from the file's content; override with ``format=``):
 
 * ``fcnseg``      — fcnseg checkpoints (``last.pt`` / ``best.pt``) or bare fcnseg state dicts;
-* ``pytorch-fcn`` — pytorch-fcn's ``*_from_caffe.pth`` and its training checkpoints (``model_state_dict``);
-* ``torchvision`` — torchvision ImageNet classification state dicts (VGG, ResNet, Inception-v3, MobileNetV3);
+* ``pytorch-fcn`` — pytorch-fcn's ``*_from_caffe.pth`` and its training checkpoints (``model_state_dict``); its
+  ``vgg16_from_caffe.pth`` holds Caffe's VGG16 under torchvision's names, recognised by name or checksum;
+* ``torchvision`` — torchvision ImageNet classification state dicts (VGG, ResNet, Inception-v3, MobileNetV3), and
+  VGG16's features-only ``IMAGENET1K_FEATURES`` file (its classifier values are missing, so fc6/fc7 are left as they are);
 * ``caffemodel``  — the authors' Caffe ``.caffemodel`` binaries, decoded directly (no Caffe needed);
 * ``matconvnet``  — MatConvNet SimpleNN ``.mat`` files such as ``imagenet-vgg-verydeep-19.mat``.
 
@@ -12,6 +14,7 @@ Every torch file is read with ``torch.load(weights_only=True)``; nothing is ever
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import zipfile
@@ -24,6 +27,12 @@ from ..errors import UserError
 
 log = logging.getLogger("fcnseg")
 FORMATS = ("fcnseg", "pytorch-fcn", "torchvision", "caffemodel", "matconvnet")
+# pytorch-fcn's VGG16 (torchfcn/models/vgg.py: ~/data/models/pytorch/vgg16_from_caffe.pth): Caffe's weights, which
+# expect BGR 0-255 input, saved under torchvision's key names
+PYTORCH_FCN_VGG16_MD5 = "aa75b158f4181e7f6230029eb96c1b13"
+# pytorch-fcn checkpoints name their model class; at-once FCN-8s scales its skips, the staged nets do not
+_PYTORCH_FCN_ATONCE = {"FCN8sAtOnce": True, "FCN8s": False, "FCN16s": False}
+_FCNSEG_ATONCE = {"fcn8s-atonce": True, "fcn8s": False, "fcn16s": False, "fcn4s": False}
 
 
 def safe_torch_load(path: str | Path) -> object:
@@ -104,6 +113,9 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     if foreign and not any(k.startswith("backbone.") for k in load):
         raise UserError(f"{source}: none of its backbone tensors fit this model, e.g. layer {foreign[0]} does not "
                         f"exist in it (a checkpoint of another backbone? check --backbone)")
+    if state and not load and not reinit:
+        raise UserError(f"{source}: none of its {len(state)} tensors fit this model, e.g. {next(iter(state))} does "
+                        f"not exist in it (weights of another network?)")
     missing = [k for k in own if k not in load and k.split(".")[0] not in reinit]
     if require_all and missing:
         raise UserError(f"{source}: no weights for {len(missing)} model tensors, e.g. {missing[0]} (checkpoint of "
@@ -116,16 +128,50 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
             model.load_state_dict({k: v for k, v in load.items() if k.split(".")[0] in head}, strict=False)
         log.warning("%s: %s re-initialised for %d classes (the file has another class count)",
                     source, ", ".join(sorted(reinit)), getattr(model, "num_classes", -1))
-    if unexpected:
+    unused_head = [k for k in unexpected if k.split(".")[0] in _HEAD_NAMES or k.startswith(("score", "upscore"))]
+    if unused_head and not any(k.split(".")[0] in head for k in load):
+        log.warning("%s: its head layers (e.g. %s) do not fit this model, which keeps its own untrained head: train "
+                    "it before predicting", source, unused_head[0])
+    elif unexpected:
         log.info("%s: %d tensors not used by this model (e.g. %s)", source, len(unexpected), unexpected[0])
     return {"loaded": len(load), "missing": missing, "unexpected": unexpected, "reinitialized": sorted(reinit)}
+
+
+_HEAD_NAMES = {"score_fr", "score_pool4", "score_pool3", "upscore", "upscore2", "upscore8", "upscore16",
+               "upscore_pool4"}
+
+
+def _check_skip_scaling(model: nn.Module, state: dict, file_atonce: bool | None, path: Path) -> None:
+    """FCN-8s at-once multiplies pool4 by 0.01 and pool3 by 0.0001 before scoring them; the staged FCN-16s/8s do
+    not. The tensors' names are the same, so weights of one in the other would give skip scores 100× and 10⁴× off
+    without any error: refuse, when the file says which it is."""
+    arch = getattr(model, "arch", None)
+    if file_atonce and arch in ("fcn16s", "fcn8s", "fcn4s"):
+        raise UserError(f"{path} holds an FCN-8s at-once net, whose skips are scaled by 0.01 and 0.0001 before "
+                        f"scoring: load it into --arch fcn8s-atonce, not {arch}")
+    if file_atonce is False and arch == "fcn8s-atonce" and any(k.startswith("score_pool4.") for k in state):
+        raise UserError(f"{path} holds a staged FCN-16s/8s net, whose skips are not scaled: load it into --arch "
+                        f"fcn8s (or fcn16s), not fcn8s-atonce")
+
+
+def _pytorch_fcn_vgg16(path: Path, state: dict) -> bool:
+    """pytorch-fcn's ``vgg16_from_caffe.pth``: torchvision's VGG16 names, Caffe's weights."""
+    if "features.0.weight" not in state or "conv1_1.weight" in state:
+        return False
+    if "from_caffe" in path.name:
+        return True
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == PYTORCH_FCN_VGG16_MD5
 
 
 def load_weights(model: nn.Module, path: str | Path, *, format: str | None = None,  # noqa: A002
                  strict_classes: bool = False) -> dict:
     """Load ``path`` into ``model`` (see the module docstring for formats). Sets ``model.normalization`` to the
     normalisation the weights were trained with. Returns a report (loaded / missing / reinitialized tensors)."""
-    from ..normalization import CAFFE_BGR, IMAGENET, INCEPTION
+    from ..normalization import CAFFE_BGR, IMAGENET, INCEPTION, VGG16_FEATURES
     path = Path(path)
     if format is not None and format not in FORMATS:
         raise UserError(f"unknown weight format {format!r}; valid: {', '.join(FORMATS)}")
@@ -135,23 +181,39 @@ def load_weights(model: nn.Module, path: str | Path, *, format: str | None = Non
         detected, state = _torch_state(obj, path)
         fmt = detected if format is None else format
         if fmt == "fcnseg":
+            spec = obj.get("model_spec") if isinstance(obj, dict) else None
+            if spec:
+                _check_skip_scaling(model, state, _FCNSEG_ATONCE.get(spec.get("arch")), path)
             report = load_state_into(model, state, path, strict_classes=strict_classes)
-            if isinstance(obj, dict) and "model_spec" in obj:
+            if spec:
                 from ..normalization import Normalization
-                model.normalization = Normalization.from_dict(obj["model_spec"]["normalization"])
+                model.normalization = Normalization.from_dict(spec["normalization"])
             return report
-        if fmt == "pytorch-fcn":
+        from .torchvision import from_torchvision, vgg_features_only
+        caffe_vgg = ((format == "pytorch-fcn" and "features.0.weight" in state and "conv1_1.weight" not in state)
+                     or _pytorch_fcn_vgg16(path, state))
+        if fmt == "pytorch-fcn" and not caffe_vgg:
             from .pytorch_fcn import from_pytorch_fcn
+            arch = obj.get("arch") if isinstance(obj, dict) and "model_state_dict" in obj else None
+            _check_skip_scaling(model, state, _PYTORCH_FCN_ATONCE.get(arch) if arch else
+                                True if "atonce" in path.name.lower() else None, path)
             report = load_state_into(model, from_pytorch_fcn(model, state), path, strict_classes=strict_classes)
             model.normalization = CAFFE_BGR
             return report
-        from .torchvision import from_torchvision
         report = load_state_into(model, from_torchvision(model, state, path), path)
-        model.normalization = INCEPTION if model.backbone.name == "inception_v3" else IMAGENET
+        if caffe_vgg:
+            model.normalization = CAFFE_BGR
+        elif vgg_features_only(state, path):
+            model.normalization = VGG16_FEATURES
+        else:
+            model.normalization = INCEPTION if model.backbone.name == "inception_v3" else IMAGENET
         return report
     if fmt == "caffemodel":
         from .caffemodel import caffemodel_state_dict
-        report = load_state_into(model, caffemodel_state_dict(model, path), path, strict_classes=strict_classes)
+        state = caffemodel_state_dict(model, path)
+        _check_skip_scaling(model, state, True if any(k.startswith("scale_pool") for k in state) else
+                            False if any(k.startswith("score_pool4.") for k in state) else None, path)
+        report = load_state_into(model, state, path, strict_classes=strict_classes)
         model.normalization = CAFFE_BGR
         return report
     if fmt == "matconvnet":

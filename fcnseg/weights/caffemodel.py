@@ -292,6 +292,9 @@ FINAL_UPSAMPLING = {"fcn32s": "upscore", "fcn16s": "upscore16", "fcn8s": "upscor
 
 def _head_name(layer: str, arch: str) -> str:
     name = layer.replace("-", "_")
+    if name.endswith("_sem"):  # SIFT Flow nets: the semantic head (score_fr_sem …); the geometric _geo one is unused
+        name = name[:-len("_sem")]
+        return name if name in LEGACY_HEAD or name.startswith("upscore") else layer
     if name in ("upsample", "bigscore"):
         return FINAL_UPSAMPLING.get(arch, name)
     if name in LEGACY_HEAD:

@@ -1,6 +1,7 @@
 """torchvision ImageNet classification weights → fcnseg backbones (through torchvision's weights API)."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+
+log = logging.getLogger("fcnseg")
 
 CLASSIFIER_PREFIXES = ("fc.", "AuxLogits.", "classifier.")
 
@@ -21,14 +24,28 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     weights = get_model_weights(backbone).DEFAULT
     filename = os.path.basename(weights.url)
     cached = Path(get_dir()) / "checkpoints" / filename
+    if cached.is_file():  # torch.hub would unpickle it with weights_only=False, and checks hashes only on download
+        from . import safe_torch_load
+        try:
+            return safe_torch_load(cached)
+        except UserError as e:
+            raise UserError(f"{e}; delete {cached} to download it again from {weights.url}") from None
     try:
-        return weights.get_state_dict(progress=True, check_hash=True)
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except (OSError, RuntimeError) as e:  # URLError is an OSError; a bad hash is a RuntimeError
-        if cached.is_file() and "hash" in str(e).lower():
-            raise UserError(f"{cached} does not match torchvision's checksum for {weights}: delete it and "
-                            f"download it again from {weights.url}") from None
+        if "hash" in str(e).lower():  # torch.hub removes a download that fails the check
+            raise UserError(f"the download of {weights.url} does not match torchvision's checksum for {weights}: "
+                            f"try again, or download it by hand and put it at {cached}") from None
         raise UserError(f"cannot get ImageNet weights for {backbone} ({e.__class__.__name__}; offline?): download "
                         f"{weights.url} and put it at {cached}, or pass a local file as the weights") from None
+
+
+def vgg_features_only(state: dict[str, torch.Tensor], source) -> bool:
+    """torchvision's VGG16 ``IMAGENET1K_FEATURES`` file: valid ``features``, a classifier of missing values."""
+    if "features.0.weight" not in state:
+        return False
+    return "amdegroot" in Path(str(source)).name or any(
+        not torch.isfinite(v).all() for k, v in state.items() if k.startswith("classifier."))
 
 
 def from_torchvision(model: nn.Module, state: dict[str, torch.Tensor], source) -> dict[str, torch.Tensor]:
@@ -41,8 +58,12 @@ def from_torchvision(model: nn.Module, state: dict[str, torch.Tensor], source) -
         for k, v in state.items():
             if k.startswith("features."):
                 out[f"backbone.{k}"] = v
+        features_only = vgg_features_only(state, source)
+        if features_only:
+            log.warning("%s: features-only VGG weights (the classifier holds no values): fc6 and fc7 keep their "
+                        "initialisation", source)
         for src, dst, shape in (("classifier.0", "fc6", (4096, 512, 7, 7)), ("classifier.3", "fc7", (4096, 4096, 1, 1))):
-            if f"{src}.weight" in state:
+            if f"{src}.weight" in state and not features_only:
                 w = state[f"{src}.weight"]
                 if w.numel() != torch.Size(shape).numel():
                     raise UserError(f"{source}: {src}.weight has shape {tuple(w.shape)}, expected 4096 outputs "
