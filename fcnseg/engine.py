@@ -725,6 +725,11 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
             raise UserError(f"out of memory at iteration {iteration + 1} (batch {batch}, crop {cfg.crop_size}): "
                             f"lower --batch-size or the crop size, or use --amp bf16/fp16") from None
         raise
+    except ValueError as e:
+        if "Expected more than 1 value per channel" in str(e):  # BatchNorm over a 1×1 map of a single sample
+            raise UserError(f"batch {batch} with crop {cfg.crop_size} leaves BatchNorm one value per channel at the "
+                            f"network's coarsest stride: use --batch-size 2 or more, or a larger --crop-size") from None
+        raise
     finally:
         bar.close()
         if debug_hooks is not None:

@@ -454,6 +454,14 @@ def test_an_unannotated_image_does_not_stop_training(tmp_path, capsys):
     assert (tmp_path / "run" / "last.pt").is_file()
 
 
+def test_batch_norm_of_one_value_per_channel_is_a_user_error(w, tmp_path, capsys):
+    """Batch 1 and a 32-pixel crop leave ResNet's stride-32 features 1×1: BatchNorm cannot train on that."""
+    rc, out, err = run_main(capsys, train_args(w.f_good, tmp_path / "run", "--batch-size", "1"))
+    assert rc == 2
+    line = one_error_line(err)
+    assert "batch 1 with crop" in line and "--batch-size 2" in line, line
+
+
 def test_out_of_memory_suggests_smaller_batch_crop_or_autocast(w, tmp_path, monkeypatch, capsys):
     def oom(forward):
         def fwd(x):
