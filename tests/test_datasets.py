@@ -382,6 +382,50 @@ def test_folder_rgb_colour_table(tmp_path):
         get_dataset("folder", tmp_path, "all")
 
 
+def test_folder_palette_masks_decode_by_colour_table(tmp_path):
+    # an editor saved the palette in its own order: index 0 is car's colour, index 1 road's
+    write_image(tmp_path / "images" / "a.JPG")
+    (tmp_path / "masks").mkdir()
+    im = Image.fromarray(mask_with([0, 1, 2]).astype(np.uint8), mode="P")
+    im.putpalette([0, 0, 142, 128, 64, 128, 9, 9, 9] + [0] * (253 * 3))
+    im.save(tmp_path / "masks" / "a.PNG")  # upper-case extensions pair like lower-case ones
+    (tmp_path / "classes.txt").write_text("bg 0 0 0\nroad 128 64 128\ncar 0 0 142\n__ignore__ 9 9 9\n")
+    ds = get_dataset("folder", tmp_path, "all")
+    assert sample(ds)[1].flat[:3].tolist() == [2, 1, 255]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_folder_class_file_with_byte_order_mark(tmp_path, encoding):
+    # Windows editors add a BOM; read naively it became part of the first name, so __ignore__ turned into class 0
+    write_image(tmp_path / "images" / "a.png")
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[0, 0], rgb[0, 1] = (255, 255, 255), (255, 0, 0)
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "masks" / "a.png")
+    (tmp_path / "classes.txt").write_text("__ignore__ 255 255 255\nbg 0 0 0\nfg 255 0 0\n", encoding=encoding)
+    ds = get_dataset("folder", tmp_path, "all")
+    assert ds.classes == ["bg", "fg"]
+    assert sample(ds)[1].flat[:3].tolist() == [255, 1, 0]
+    (tmp_path / "classes.txt").write_bytes(b"bg\n\xe9\xff\n")
+    with pytest.raises(UserError, match=r"classes.txt is not UTF-8 text .*save it as UTF-8"):
+        get_dataset("folder", tmp_path, "all")
+
+
+def test_negative_raw_labels_are_not_wrapped_by_the_lookup_table(tmp_path):
+    from fcnseg.data.siftflow import SUBDIR
+    base = tmp_path / "SiftFlowDataset"
+    write_image(base / "Images" / SUBDIR / "coast_arnat59.jpg")
+    (base / "SemanticLabels" / SUBDIR).mkdir(parents=True)
+    scipy.io.savemat(base / "SemanticLabels" / SUBDIR / "coast_arnat59.mat",
+                     {"S": mask_with([1, -1, 0, 33]).astype(np.float64)})
+    (base / "TestSet1.txt").write_text("nothing\n")
+    ds = get_dataset("siftflow", base, "train")
+    # −1 indexed the table from its end and became class 32 ("window"); it now stays −1, which training and
+    # `data check` report as a label out of range
+    assert ds.to_train_ids(np.array([-1, 0, 1, 33])).tolist() == [-1, 255, 0, 32]
+    assert sample(ds)[1].flat[:4].tolist() == [0, -1, 255, 32]
+
+
 def test_folder_labelme_layout(tmp_path):
     # what labelme2voc.py writes: class_names.txt (no __ignore__), SegmentationClass/*.npy (−1 = ignore) and
     # SegmentationClassPNG/*.png (palette, −1 saved as 255)

@@ -103,8 +103,11 @@ class PairedFileDataset(SegmentationDataset):
     def to_train_ids(self, raw: np.ndarray) -> np.ndarray:
         if self.lut is None:
             return raw.astype(np.int64)
-        if raw.size and int(raw.max()) >= len(self.lut):
-            return np.where(raw < len(self.lut), self.lut[np.minimum(raw, len(self.lut) - 1)], raw).astype(np.int64)
+        if raw.size and (int(raw.max()) >= len(self.lut) or int(raw.min()) < 0):
+            # values the table does not cover pass through unchanged, for ``data check`` and training to report
+            # (indexing would wrap −1 to the table's last class)
+            inside = (raw >= 0) & (raw < len(self.lut))
+            return np.where(inside, self.lut[np.clip(raw, 0, len(self.lut) - 1)], raw).astype(np.int64)
         return self.lut[raw].astype(np.int64)
 
     def load(self, index: int):

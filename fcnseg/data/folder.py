@@ -7,11 +7,12 @@ Accepted layouts (``SPLIT`` = the split name; split ``all`` reads ``root`` itsel
                                       + root/class_names.txt             (what labelme's labelme2voc.py writes)
 
 Masks: palette or grayscale PNGs hold class indices as stored (255 = ignore); labelme's .npy masks map −1 to 255.
-RGB colour masks are mapped through the colour table in ``classes.txt``.
+When ``classes.txt`` gives colours, RGB and palette masks are decoded by colour through its table (an editor's
+palette order need not be the class order); grayscale masks still hold indices.
 
 Class list (looked up in ``root/[SPLIT/]`` then ``root/``), one class per line, in index order:
 
-* ``classes.txt``: ``name`` or ``name R G B``; with colours, RGB masks are decoded with them. A line
+* ``classes.txt``: ``name`` or ``name R G B``; with colours, RGB and palette masks are decoded with them. A line
   ``__ignore__ R G B`` maps that colour to 255 without adding a class.
 * ``class_names.txt`` (labelme2voc): ``_background_`` first; ``__ignore__`` lines are skipped (labelme saves its
   ignore label −1 as 255).
@@ -36,7 +37,12 @@ IGNORE_NAME = "__ignore__"
 def read_class_file(path: Path) -> tuple[list[str], list[tuple[int, int, int]] | None, dict[int, int]]:
     """Parse ``classes.txt``/``class_names.txt`` → (names, palette or None, {packed RGB: index})."""
     names, colours, table = [], [], {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    raw = path.read_bytes()
+    try:  # Windows editors save UTF-8 with a byte-order mark, or UTF-16 ("Unicode"); a BOM must not become a name
+        text = raw.decode("utf-16") if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split()
@@ -88,9 +94,10 @@ class FolderDataset(PairedFileDataset):
         self.classes, self.palette = self._read_classes(base, num_classes)
         masks: dict[str, Path] = {}
         for d in mask_dirs:  # earlier folders and extensions win: SegmentationClassPNG/*.png before *.npy
-            for ext in MASK_EXTS:
-                for p in sorted(d.glob(f"*{ext}")):
-                    masks.setdefault(p.stem, p)
+            found = sorted((MASK_EXTS.index(p.suffix.lower()), p) for p in d.iterdir()
+                           if p.suffix.lower() in MASK_EXTS)  # a.PNG pairs with a.JPG as a.png does
+            for _, p in found:
+                masks.setdefault(p.stem, p)
         images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         missing = [p for p in images if p.stem not in masks]
         if missing:
@@ -125,7 +132,7 @@ class FolderDataset(PairedFileDataset):
 
     def read_mask(self, path):
         path = Path(path)
-        if path.suffix == ".npy":  # labelme2voc's SegmentationClass/*.npy: int32, −1 = ignore
+        if path.suffix.lower() == ".npy":  # labelme2voc's SegmentationClass/*.npy: int32, −1 = ignore
             try:
                 arr = np.load(path)
             except (OSError, ValueError) as e:
@@ -136,7 +143,7 @@ class FolderDataset(PairedFileDataset):
         try:
             with Image.open(path) as im:
                 im.load()
-                if im.mode not in ("RGB", "RGBA"):
+                if im.mode not in ("RGB", "RGBA", "P", "PA"):  # grayscale masks hold indices
                     return read_index_mask(path)
                 rgb = np.asarray(im.convert("RGB")).astype(np.int64)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
