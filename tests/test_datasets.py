@@ -343,6 +343,9 @@ def test_siftflow(tmp_path):
     assert [p.stem for p, _ in train.pairs] == ["coast_arnat59"] and train.num_classes == 33
     assert sample(train)[1].flat[:4].tolist() == [255, 0, 32, 0]
     assert train.classes[27] == "sky"
+    (base / "Images" / SUBDIR / "street_art256.jpg").unlink()
+    with pytest.raises(UserError, match=r"1 image\(s\) named in .*TestSet1.txt are missing from .*street_art256.jpg"):
+        get_dataset("siftflow", base, "train")
 
 
 # --- folder ----------------------------------------------------------------------------------------------------
@@ -418,8 +421,8 @@ def test_negative_raw_labels_are_not_wrapped_by_the_lookup_table(tmp_path):
     (base / "SemanticLabels" / SUBDIR).mkdir(parents=True)
     scipy.io.savemat(base / "SemanticLabels" / SUBDIR / "coast_arnat59.mat",
                      {"S": mask_with([1, -1, 0, 33]).astype(np.float64)})
-    (base / "TestSet1.txt").write_text("nothing\n")
-    ds = get_dataset("siftflow", base, "train")
+    (base / "TestSet1.txt").write_text("coast_arnat59\n")
+    ds = get_dataset("siftflow", base, "test")
     # −1 indexed the table from its end and became class 32 ("window"); it now stays −1, which training and
     # `data check` report as a label out of range
     assert ds.to_train_ids(np.array([-1, 0, 1, 33])).tolist() == [-1, 255, 0, 32]

@@ -55,7 +55,12 @@ class SIFTFlow(PairedFileDataset):
         # Lines may be bare names or paths, with / or \ separators: the file stem identifies the image.
         test = {Path(line.strip().replace("\\", "/")).stem for line in test_list.read_text().splitlines()
                 if line.strip()}
-        pairs = [(p, lbl_dir / f"{p.stem}.mat") for p in sorted(img_dir.glob("*.jpg"))
+        images = sorted(img_dir.glob("*.jpg"))
+        unmatched = sorted(test - {p.stem for p in images})
+        if unmatched:  # a partly extracted archive would otherwise shrink the test split without a word
+            raise UserError(f"{len(unmatched)} image(s) named in {test_list} are missing from {img_dir}, e.g. "
+                            f"{unmatched[0]}.jpg; extract SiftFlowDataset.zip again")
+        pairs = [(p, lbl_dir / f"{p.stem}.mat") for p in images
                  if (p.stem in test) == (split == "test") and p.stem not in UNANNOTATED]
         self.pairs = require_nonempty(pairs, self.name, split, img_dir)
 
