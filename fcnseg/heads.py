@@ -1,9 +1,17 @@
 """The FCN head (Long, Shelhamer & Darrell): score layers, skip fusion and upsampling, with the paper's names.
 
 ``caffe`` geometry reproduces the authors' prototxts (and pytorch-fcn) to the pixel: unpadded deconvolutions and the
-published crop offsets. ``aligned`` geometry pads each deconvolution by stride/2 so that a k=2s, stride-s kernel maps
-feature j (centred at s*j + s/2 - 0.5 in the input) exactly onto its pixels; the result is cropped to the skip's or
-the input's size, so no magic offsets are needed and the output is always the input size.
+published crop offsets. ``aligned`` geometry places every feature on the pixels it is centred on, with no magic
+offsets, and crops the result to the skip's or the input's size (the output is always the input size). Where a
+stride-s feature j is centred depends on the backbone (its ``grid``):
+
+* ``"cell"`` — at s*j + s/2 - 0.5, the middle of its s×s cell (VGG's 2×2 pooling): a k=2s, stride-s deconvolution
+  padded by s/2 (the authors' even bilinear kernel);
+* ``"corner"`` — at s*j (ResNet's and MobileNet's padded stride-2 convolutions): an odd k=2s-1 bilinear kernel,
+  after a one-cell replicate border so that the pixels past the outermost features are extrapolated, not faded.
+
+(Before the grid was declared every backbone had the cell head, which put a ResNet's stride-32 scores 15.5 px down
+and to the right of their features; checkpoints without ``grid`` in their spec rebuild that head.)
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ ARCHS = PAPER_ARCHS + ("fcn4s",)
 CAFFE_OFFSETS = {"fcn32s": {"out": 19}, "fcn16s": {16: 5, "out": 27}, "fcn8s": {16: 5, 8: 9, "out": 31}}
 # FCN-8s "at-once" scales the skip inputs so that all streams train together from the start (paper, section 4.2)
 ATONCE_SCALE = {16: 0.01, 8: 0.0001}
+GRIDS = ("cell", "corner")  # where a backbone's stride-s feature j is centred: s*j + s/2 - 0.5, or s*j
 
 
 def bilinear_kernel(channels: int, size: int) -> torch.Tensor:
@@ -118,13 +127,16 @@ class FCN(nn.Module):
     """backbone → ``{stride: features}`` → FCN-32s/16s/8s head → logits of the input's size (a plain tensor)."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, *, arch: str = "fcn8s", geometry: str = "aligned",
-                 learnable_upsampling: bool = False, global_context: bool = False):
+                 learnable_upsampling: bool = False, global_context: bool = False, grid: str | None = None):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
         if arch not in PAPER_ARCHS and geometry != "aligned":
             raise ValueError(f"{arch} has the aligned geometry only (the authors' Caffe nets stop at fcn8s)")
-        self.arch, self.geometry, self.num_classes = arch, geometry, num_classes
+        grid = grid or getattr(backbone, "grid", "cell")
+        if grid not in GRIDS or (geometry == "caffe" and grid != "cell"):
+            raise ValueError(f"unknown grid {grid!r} for the {geometry} geometry; valid: {', '.join(GRIDS)}")
+        self.arch, self.geometry, self.num_classes, self.grid = arch, geometry, num_classes, grid
         self.global_context = global_context
         self.backbone = backbone
         self.normalization = backbone.default_normalization
@@ -139,8 +151,8 @@ class FCN(nn.Module):
             self.score_pool3 = nn.Conv2d(ch[8], n, 1)
         if 4 in self.skips:
             self.score_pool2 = nn.Conv2d(ch[4], n, 1)
-        pad = geometry == "aligned"
-        up = lambda k, s: Upsample(n, n, k, stride=s, padding=s // 2 if pad else 0, bias=False)  # noqa: E731
+        corner, pad = grid == "corner", geometry == "aligned" and grid == "cell"
+        up = lambda k, s: Upsample(n, n, k - corner, stride=s, padding=s // 2 if pad else 0, bias=False)  # noqa: E731
         if arch == "fcn32s":
             self.upscore = up(64, 32)
         elif arch == "fcn16s":
@@ -185,29 +197,35 @@ class FCN(nn.Module):
             logits = logits + self.score_global(feats[32].mean((2, 3)))[:, :, None, None]
         return logits
 
+    def _up(self, name: str, x: torch.Tensor, size, offset: int = 0) -> torch.Tensor:
+        """Upsample ``x`` with deconvolution ``name`` and crop it to ``size`` (``offset``: Caffe's crop)."""
+        layer = getattr(self, name)
+        if self.grid == "corner":  # feature j → pixel s*j: after the one-cell border, j+1 lands at s*(j+1) + s - 1
+            return _fit(layer(F.pad(x, (1, 1, 1, 1), mode="replicate")), size, 2 * layer.stride[0] - 1)
+        return _fit(layer(x), size, offset)
+
     def _decode(self, feats: dict, size) -> torch.Tensor:
         caffe = self.geometry == "caffe"
         offsets = CAFFE_OFFSETS["fcn8s" if self.arch == "fcn8s-atonce" else self.arch] if caffe else {}
         scale = ATONCE_SCALE if self.arch == "fcn8s-atonce" else {}
         h = self.score_fr(feats[32])
         if self.arch == "fcn32s":
-            return _fit(self.upscore(h), size, offsets.get("out", 0))
-        if self.arch == "fcn16s":
-            h = self.upscore2(h)
-            p4 = self.score_pool4(feats[16])
-            if caffe:
-                h = h + _fit(p4, h.shape[-2:], offsets[16])
-            else:  # the upsampled coarse map covers ceil(H/32)*2 >= ceil(H/16) cells: crop it to the skip
-                h = _fit(h, p4.shape[-2:]) + p4
-            return _fit(self.upscore16(h), size, offsets.get("out", 0))
-        h = self.upscore2(h)
+            return self._up("upscore", h, size, offsets.get("out", 0))
         p4 = self.score_pool4(feats[16] * scale[16] if scale else feats[16])
-        h = h + _fit(p4, h.shape[-2:], offsets[16]) if caffe else _fit(h, p4.shape[-2:]) + p4
-        h = self.upscore_pool4(h)
+        if caffe:  # Caffe crops the skip to the upsampled map
+            h = self.upscore2(h)
+            h = h + _fit(p4, h.shape[-2:], offsets[16])
+        else:  # the upsampled coarse map covers ceil(H/32)*2 >= ceil(H/16) cells: crop it to the skip
+            h = self._up("upscore2", h, p4.shape[-2:]) + p4
+        if self.arch == "fcn16s":
+            return self._up("upscore16", h, size, offsets.get("out", 0))
         p3 = self.score_pool3(feats[8] * scale[8] if scale else feats[8])
-        h = h + _fit(p3, h.shape[-2:], offsets[8]) if caffe else _fit(h, p3.shape[-2:]) + p3
+        if caffe:
+            h = self.upscore_pool4(h)
+            h = h + _fit(p3, h.shape[-2:], offsets[8])
+        else:
+            h = self._up("upscore_pool4", h, p3.shape[-2:]) + p3
         if self.arch == "fcn4s":  # (aligned only)
-            h = self.upscore_pool3(h)
             p2 = self.score_pool2(feats[4])
-            return _fit(self.upscore4(_fit(h, p2.shape[-2:]) + p2), size)
-        return _fit(self.upscore8(h), size, offsets.get("out", 0))
+            return self._up("upscore4", self._up("upscore_pool3", h, p2.shape[-2:]) + p2, size)
+        return self._up("upscore8", h, size, offsets.get("out", 0))

@@ -25,7 +25,7 @@ def list_models() -> list[str]:
 
 def build_model(arch: str, *, backbone: str = "vgg16", num_classes: int, geometry: str = "aligned",
                 pretrained_backbone: str | Path | None = None, learnable_upsampling: bool = False,
-                global_context: bool = False) -> FCN:
+                global_context: bool = False, grid: str | None = None) -> FCN:
     """Build an FCN mapping N×3×H×W (normalised as ``model.normalization`` says) to N×num_classes×H×W logits.
 
     ``pretrained_backbone``: ``None`` (random), ``"imagenet"`` (torchvision weights through its weights API and the
@@ -44,7 +44,7 @@ def build_model(arch: str, *, backbone: str = "vgg16", num_classes: int, geometr
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     model = FCN(build_backbone(backbone, geometry=geometry), num_classes, arch=arch, geometry=geometry,
-                learnable_upsampling=learnable_upsampling, global_context=global_context)
+                learnable_upsampling=learnable_upsampling, global_context=global_context, grid=grid)
     model.backbone_name = backbone
     if pretrained_backbone is not None:
         from .weights import load_pretrained_backbone
@@ -56,5 +56,6 @@ def model_spec(model: nn.Module) -> dict:
     """What is needed to rebuild ``model`` (stored in checkpoints)."""
     return {"arch": model.arch, "backbone": model.backbone_name, "num_classes": model.num_classes,
             "geometry": model.geometry, "learnable_upsampling": model.learnable_upsampling,
+            **({"grid": model.grid} if hasattr(model, "grid") else {}),
             **({"global_context": True} if getattr(model, "global_context", False) else {}),
             "normalization": model.normalization.to_dict()}

@@ -133,8 +133,9 @@ def test_a_budget_too_short_for_the_iterations_makes_the_schedule_follow_the_clo
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert ckpt["follows_clock"] is True and any(r.get("schedule") == "clock" for r in records)
     assert 0 < ckpt["iteration"] < 100_000
-    # poly over the clock: the last step's lr is a small fraction of the base (over iterations it would be ~1)
-    assert ckpt["scheduler"]["lr_factor"] < 0.3
+    # poly over the clock: the last step's lr is well below the base (over 100,000 iterations it would be 0.9999;
+    # how far below depends on the step time, which a loaded machine stretches: 0.35 was seen with 0.3 asserted)
+    assert ckpt["scheduler"]["lr_factor"] < 0.8
 
 
 def test_checkpoint_contents(tmp_path):

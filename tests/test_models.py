@@ -70,7 +70,7 @@ def test_fcn8s_vgg16_has_the_papers_parameter_count():
 
 def test_upsampling_is_bilinear_and_fixed_unless_asked():
     model = fcnseg.build_model("fcn8s", backbone="resnet18", num_classes=3)
-    assert torch.equal(model.upscore8.weight, bilinear_kernel(3, 16))
+    assert torch.equal(model.upscore8.weight, bilinear_kernel(3, 15))  # ResNet's corner grid: odd kernels
     assert not model.upscore8.weight.requires_grad and model.score_fr.weight.requires_grad
     assert model.score_fr.weight.abs().sum() == 0
     learn = fcnseg.build_model("fcn8s", backbone="resnet18", num_classes=3, learnable_upsampling=True)
@@ -95,8 +95,9 @@ def test_aligned_upsampling_reproduces_a_constant_and_a_ramp():
 
 def test_fcn4s_adds_the_stride_4_scores_upsampled_bilinearly():
     """FCN-4s = FCN-8s's fusion, ×2, plus score_pool2 on the stride-4 features, ×4. With the coarser score layers at
-    zero (a fresh head) the output is score_pool2's map upsampled ×4, which in the interior is exactly bilinear
-    interpolation of pixel centres (torch's interpolate, an independent reference)."""
+    zero (a fresh head) the output is score_pool2's map upsampled ×4: ResNet's stride-4 feature j is centred on
+    pixel 4j, so this is exactly linear interpolation between those pixels (torch's interpolate with
+    align_corners, an independent reference), and the rows and columns past the last feature repeat it."""
     torch.manual_seed(0)
     model = fcnseg.build_model("fcn4s", backbone="resnet18", num_classes=3).eval()
     assert model.score_layers() == ["score_fr", "score_pool4", "score_pool3", "score_pool2"]
@@ -107,15 +108,74 @@ def test_fcn4s_adds_the_stride_4_scores_upsampled_bilinearly():
         y = model(x)
         p2 = model.score_pool2(model.backbone(x)[4])
     assert p2.shape[-2:] == (24, 32) and y.shape == (2, 3, 96, 128)
-    ref = torch.nn.functional.interpolate(p2, scale_factor=4, mode="bilinear", align_corners=False)
-    assert torch.allclose(y[..., 4:-4, 4:-4], ref[..., 4:-4, 4:-4], atol=1e-5)
-    assert not torch.allclose(y[..., :2, :], ref[..., :2, :], atol=1e-3)  # the border is the deconv's, not clamped
+    ref = torch.nn.functional.interpolate(p2, size=(93, 125), mode="bilinear", align_corners=True)
+    assert torch.allclose(y[..., :93, :125], ref, atol=1e-5)
+    assert torch.allclose(y[..., 93:, :], y[..., 92:93, :], atol=1e-6)  # replicated, not faded towards 0
+    assert torch.allclose(y[..., 125:], y[..., 124:125], atol=1e-6)
     # and the stride-8 path is FCN-8s's: with score_pool2 at zero, a constant score map stays constant inside
     with torch.no_grad():
         model.score_pool2.weight.zero_(), model.score_pool2.bias.zero_()
         model.score_fr.bias.fill_(1.0)
         y = model(x)
     assert torch.allclose(y[..., 32:-32, 32:-32], torch.ones(()), atol=1e-5)
+
+
+def _linearized(model):
+    """Every convolution averages its window, BatchNorm is the identity, activations and SE gates vanish and
+    max-pooling averages: the net becomes linear with positive weights."""
+    from torchvision.ops.misc import SqueezeExcitation
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.fill_(1.0 / m.weight[0].numel())
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_parameters(), m.reset_running_stats()
+                m.eps = 0.0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.MaxPool2d):
+                setattr(parent, name, torch.nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                         ceil_mode=child.ceil_mode, count_include_pad=False))
+            elif isinstance(child, (torch.nn.ReLU, torch.nn.Hardswish, torch.nn.Hardsigmoid, SqueezeExcitation)):
+                setattr(parent, name, torch.nn.Identity())
+    return model.eval()
+
+
+def stream_offsets(model, height=640, width=32):
+    """For each score stream alone: the mean input row an interior output pixel draws from, minus its own row.
+    The linearised net's output for the input ``row + 1`` over its output for ones, minus 1, is that mean row."""
+    rows = torch.arange(height, dtype=torch.float32)[:, None].expand(height, width)
+    out = {}
+    for stream in model.score_layers():
+        with torch.no_grad():
+            for name in model.score_layers():
+                layer = getattr(model, name)
+                layer.weight.fill_(1.0 / layer.weight.shape[1] if name == stream else 0.0)
+                layer.bias.zero_()
+            ones = model(torch.ones(1, 3, height, width))[0, 0]
+            ramp = model((rows + 1).expand(1, 3, height, width))[0, 0]
+        shift = (ramp / ones - 1 - rows)[height // 2 - 64:height // 2 + 64, width // 2]  # clear of the borders
+        out[stream] = float(shift.mean())
+        assert float(shift.max() - shift.min()) < 0.05, (stream, shift)
+    return out
+
+
+@pytest.mark.parametrize("arch, backbone", [("fcn4s", "resnet18"), ("fcn8s", "vgg16"),
+                                            ("fcn8s", "mobilenet_v3_large")])
+def test_every_stream_lands_on_the_pixels_its_features_are_centred_on(arch, backbone):
+    """ResNet and MobileNet centre a stride-s feature j on pixel s·j, VGG (2×2 pooling) on s·j + s/2 − ½: each
+    backbone's head must put every stream's scores back where their features came from."""
+    model = _linearized(fcnseg.build_model(arch, backbone=backbone, num_classes=1))
+    assert stream_offsets(model) == pytest.approx(dict.fromkeys(model.score_layers(), 0.0), abs=0.05)
+
+
+def test_the_cell_grid_on_resnet_is_the_old_misaligned_head():
+    """Checkpoints from before the grid was declared rebuild the head they were trained with: on ResNet it put
+    stride-s scores (s/2 − ½) px late per upsampling step."""
+    model = _linearized(fcnseg.build_model("fcn8s", backbone="resnet18", num_classes=1, grid="cell"))
+    assert stream_offsets(model) == pytest.approx({"score_fr": -15.5, "score_pool4": -7.5, "score_pool3": -3.5}, abs=0.05)
 
 
 def test_unknown_names_list_the_valid_choices():

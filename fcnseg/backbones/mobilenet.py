@@ -18,6 +18,7 @@ class MobileNetBackbone(nn.Module):
         self.features = tvm.mobilenet_v3_large(weights=None).features
         self.out_channels = {4: 24, 8: 40, 16: 112, 32: 960}
         self.default_normalization = IMAGENET
+        self.grid = "corner"  # padded stride-2 convolutions centre a stride-s feature j at pixel s*j (fcnseg.heads)
 
     def stages(self) -> list[nn.Module]:
         return list(self.features)

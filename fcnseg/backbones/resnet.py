@@ -17,6 +17,7 @@ class ResNetBackbone(nn.Module):
         wide = self.body.layer4[0].conv1.in_channels == 1024  # bottleneck nets: 512/1024/2048
         self.out_channels = {4: 256, 8: 512, 16: 1024, 32: 2048} if wide else {4: 64, 8: 128, 16: 256, 32: 512}
         self.default_normalization = IMAGENET
+        self.grid = "corner"  # padded stride-2 convolutions centre a stride-s feature j at pixel s*j (fcnseg.heads)
 
     def stages(self) -> list[nn.Module]:
         b = self.body
