@@ -5,6 +5,7 @@ import argparse
 import glob
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -168,7 +169,11 @@ def _predict_options(args, ckpt):
             opts["scales"] = [float(s) for s in args.scales.split(",")]
         except ValueError:
             raise UserError(f"--scales expects numbers like 0.75,1,1.25, got {args.scales!r}") from None
-    if getattr(args, "window", None):
+        if not all(math.isfinite(s) and s > 0 for s in opts["scales"]):
+            raise UserError(f"--scales must all be positive, got {args.scales!r}")
+    if getattr(args, "window", None) is not None:
+        if args.window < 1:
+            raise UserError(f"--window is a tile size in pixels and must be at least 1, got {args.window}")
         opts["window"] = args.window
     return opts
 

@@ -24,6 +24,7 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, *, max_side: int | None 
     except ImportError:
         raise UserError("--crf needs pydensecrf2: pip install 'fcnseg[crf]' (or pip install pydensecrf2)") from None
     p = {**DEFAULTS, **params}
+    probs = probs.detach().float().cpu()  # bf16/fp16 or GPU probabilities have no direct NumPy form
     c, h, w = probs.shape
     full, scale = (h, w), 1.0
     if max_side and max(h, w) > max_side:
@@ -32,7 +33,7 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, *, max_side: int | None 
         scale = max_side / max(h, w)
         size = [max(1, round(h * scale)), max(1, round(w * scale))]
         image = TF.resize(image, size, antialias=True)
-        probs = F.interpolate(probs[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
         c, h, w = probs.shape
     d = dcrf.DenseCRF2D(w, h, c)
     d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs.clamp_min(1e-8).numpy().astype(np.float32))))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -110,9 +109,9 @@ def verify(reference: nn.Module, run, shapes=VERIFY_SHAPES, min_agreement: float
 
 def _tmp_path(out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    return Path(name)
+    # not mkstemp: its 0600 mode would survive the rename, and a server running as another user could not read the
+    # model; a file opened here gets the usual 0666 & ~umask
+    return out.with_name(f".{out.name}.tmp{os.getpid()}")
 
 
 def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, *, opset: int = OPSET,

@@ -7,8 +7,10 @@ stride-s feature j is centred depends on the backbone (its ``grid``):
 
 * ``"cell"`` — at s*j + s/2 - 0.5, the middle of its s×s cell (VGG's 2×2 pooling): a k=2s, stride-s deconvolution
   padded by s/2 (the authors' even bilinear kernel);
-* ``"corner"`` — at s*j (ResNet's and MobileNet's padded stride-2 convolutions): an odd k=2s-1 bilinear kernel,
-  after a one-cell replicate border so that the pixels past the outermost features are extrapolated, not faded.
+* ``"corner"`` — on a whole pixel, s*j + origin[s] (the backbone's ``origins``; 0 for ResNet's and MobileNet's
+  padded stride-2 convolutions, 5 / 13 / 21 / 37 px for Inception-v3's unpadded ones at strides 4 / 8 / 16 / 32): an
+  odd k=2s-1 bilinear kernel, after a replicate border so that pixels past the outermost features are extrapolated,
+  not faded, and a crop that puts feature j on its pixel.
 
 (Before the grid was declared every backbone had the cell head, which put a ResNet's stride-32 scores 15.5 px down
 and to the right of their features; checkpoints without ``grid`` in their spec rebuild that head.)
@@ -27,7 +29,10 @@ ARCHS = PAPER_ARCHS + ("fcn4s",)
 CAFFE_OFFSETS = {"fcn32s": {"out": 19}, "fcn16s": {16: 5, "out": 27}, "fcn8s": {16: 5, 8: 9, "out": 31}}
 # FCN-8s "at-once" scales the skip inputs so that all streams train together from the start (paper, section 4.2)
 ATONCE_SCALE = {16: 0.01, 8: 0.0001}
-GRIDS = ("cell", "corner")  # where a backbone's stride-s feature j is centred: s*j + s/2 - 0.5, or s*j
+GRIDS = ("cell", "corner")  # where a backbone's stride-s feature j is centred: s*j + s/2 - 0.5, or s*j + origin[s]
+# each upsampling layer: (stride of its input, stride of its output)
+UP_STRIDES = {"upscore": (32, 1), "upscore16": (16, 1), "upscore8": (8, 1), "upscore4": (4, 1), "upscore2": (32, 16),
+              "upscore_pool4": (16, 8), "upscore_pool3": (8, 4)}
 
 
 def bilinear_kernel(channels: int, size: int) -> torch.Tensor:
@@ -137,6 +142,9 @@ class FCN(nn.Module):
         if grid not in GRIDS or (geometry == "caffe" and grid != "cell"):
             raise ValueError(f"unknown grid {grid!r} for the {geometry} geometry; valid: {', '.join(GRIDS)}")
         self.arch, self.geometry, self.num_classes, self.grid = arch, geometry, num_classes, grid
+        self.origins = {1: 0, **getattr(backbone, "origins", dict.fromkeys((4, 8, 16, 32), 0))}
+        if grid == "corner" and any((self.origins[a] - self.origins[b]) % b for a, b in UP_STRIDES.values()):
+            raise ValueError(f"origins {self.origins} put some features between output cells; use the cell grid")
         self.global_context = global_context
         self.backbone = backbone
         self.normalization = backbone.default_normalization
@@ -200,8 +208,14 @@ class FCN(nn.Module):
     def _up(self, name: str, x: torch.Tensor, size, offset: int = 0) -> torch.Tensor:
         """Upsample ``x`` with deconvolution ``name`` and crop it to ``size`` (``offset``: Caffe's crop)."""
         layer = getattr(self, name)
-        if self.grid == "corner":  # feature j → pixel s*j: after the one-cell border, j+1 lands at s*(j+1) + s - 1
-            return _fit(layer(F.pad(x, (1, 1, 1, 1), mode="replicate")), size, 2 * layer.stride[0] - 1)
+        if self.grid == "corner":
+            # the kernel puts input cell i on output cell S*i + S - 1; feature i belongs on S*i + d (d: the origins'
+            # difference in output cells); a border of b cells shifts it by S*b, so crop S*b + S - 1 - d. The border
+            # reaches past the outermost features on both sides (Inception's end up to 2 output cells short).
+            (src, dst), s = UP_STRIDES[name], layer.stride[0]
+            d = (self.origins[src] - self.origins[dst]) // dst
+            b = -(-d // s) + 1
+            return _fit(layer(F.pad(x, (b, b, b, b), mode="replicate")), size, s * b + s - 1 - d)
         return _fit(layer(x), size, offset)
 
     def _decode(self, feats: dict, size) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import time
 from typing import Iterable, Sequence
 
@@ -203,13 +204,21 @@ class Predictor:
         of this size (for images too large for memory), ``overlap`` between tiles.
         """
         h, w = images.shape[-2:]
+        if not all(math.isfinite(s) and s > 0 for s in scales):
+            raise ValueError(f"scales must be positive, got {list(scales)}")
+        if window is not None and (window < 1 or not 0 <= overlap < 1):
+            raise ValueError(f"window must be at least 1 and overlap in [0, 1), got {window} and {overlap}")
         x0 = self.normalize(images)
         if input_size:
             size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
             x0 = F.interpolate(x0, size=size, mode="bilinear", align_corners=False, antialias=True)
         probs = torch.zeros(images.shape[0], self.num_classes, h, w, device=self.device)
         for s in scales:
-            x = x0 if s == 1.0 else F.interpolate(x0, scale_factor=s, mode="bilinear", align_corners=False)
+            # by size, not scale_factor: the way back below maps by the sizes' ratio, so must the way there (with a
+            # scale factor the two differ by up to a pixel at the far edge); and never below 1 pixel
+            size = tuple(max(1, round(n * s)) for n in x0.shape[-2:])
+            x = x0 if size == tuple(x0.shape[-2:]) else F.interpolate(x0, size=size, mode="bilinear",
+                                                                      align_corners=False)
             for flipped in ((False, True) if flip else (False,)):
                 xi = x.flip(-1) if flipped else x
                 logits = self._sliding(xi, window, overlap) if window else self(xi)

@@ -11,8 +11,11 @@ def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int,
                      ignore_index: int = 255) -> torch.Tensor:
     """``num_classes × num_classes`` int64 matrix, rows = truth, columns = prediction; ignored pixels (and any
     truth outside [0, C)) are skipped. One ``bincount``, on whatever device the tensors are."""
-    target, pred = target.reshape(-1), pred.reshape(-1)
+    target, pred = target.reshape(-1).long(), pred.reshape(-1).long()  # uint8 would wrap in target * num_classes
     keep = (target >= 0) & (target < num_classes) & (target != ignore_index)
+    bad = keep & ((pred < 0) | (pred >= num_classes))
+    if bool(bad.any()):  # it would be counted in a neighbouring row (or break the reshape)
+        raise ValueError(f"prediction {int(pred[bad][0])} is outside 0..{num_classes - 1}")
     idx = target[keep] * num_classes + pred[keep]
     return torch.bincount(idx, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 

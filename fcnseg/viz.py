@@ -26,9 +26,15 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, palette, alpha: float = 0.5
 
 
 def save_index_png(mask: torch.Tensor | np.ndarray, palette, path: str | Path) -> None:
-    """A palette PNG: pixel values are class indices (what tools read), and viewers show the class colours."""
-    arr = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask).astype(np.uint8)
-    im = Image.fromarray(arr, mode="P")
+    """A palette PNG: pixel values are class indices (what tools read), and viewers show the class colours; indices
+    above 255 are saved as a 16-bit grayscale PNG instead."""
+    arr = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 65535):
+        raise ValueError(f"class indices {int(arr.min())}..{int(arr.max())} do not fit a PNG")
+    if arr.size and int(arr.max()) > 255:  # more than 256 classes: a 16-bit grayscale PNG (no palette) holds them
+        _atomic_pil_save(Image.fromarray(arr.astype(np.uint16)), path)
+        return
+    im = Image.fromarray(arr.astype(np.uint8), mode="P")
     flat = [v for c in palette for v in c][:768]
     im.putpalette(flat + [0] * (768 - len(flat)))
     _atomic_pil_save(im, path)

@@ -129,6 +129,32 @@ def test_predict_reports_unreadable_inputs(checkpoint, tmp_path, capsys):
     assert "bad.png" in err and "1 of 1 inputs could not be read" in err
 
 
+@pytest.mark.parametrize("option, message", [(["--scales", "0,1"], "--scales must all be positive, got '0,1'"),
+                                             (["--window", "-5"], "--window is a tile size in pixels")])
+def test_predict_refuses_impossible_options_in_one_line(checkpoint, tmp_path, capsys, option, message):
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), *option]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_index_pngs_hold_more_than_256_classes(tmp_path):
+    from fcnseg.data.io import read_index_mask
+    from fcnseg.viz import save_index_png
+    mask = np.array([[0, 7], [300, 65535]])
+    save_index_png(mask, [(1, 2, 3)], tmp_path / "many.png")  # 300 was saved as 44 (uint8 wrap-around)
+    save_index_png(mask % 8, [(1, 2, 3)], tmp_path / "few.png")
+    assert read_index_mask(tmp_path / "many.png").tolist() == mask.tolist()
+    assert Image.open(tmp_path / "few.png").mode == "P" and read_index_mask(tmp_path / "few.png").tolist() == [[0, 7],
+                                                                                                              [4, 7]]
+
+
+def test_predict_a_one_pixel_image_with_the_recipes_scales(checkpoint, tmp_path):
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    out = tmp_path / "o"
+    assert main(["predict", str(checkpoint), str(tmp_path / "dot.png"), "--out", str(out), "--scales", "0.5,1"]) == 0
+    assert Image.open(out / "dot.png").size == (1, 1)
+
+
 def test_visualize_and_plot(checkpoint, tmp_path):
     assert main(["visualize", str(checkpoint), "--n", "2", "--out", str(tmp_path / "grid.png")]) == 0
     w, h = Image.open(tmp_path / "grid.png").size

@@ -3,6 +3,7 @@ their classes, palette and normalisation, and never appear when verification fai
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -79,6 +80,9 @@ def test_onnx_export_cli_metadata_dynamic_axes_and_parity(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "97×131" in printed and "2×3×160×128" in printed and "argmax agreement 100" in printed
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by a server running as another user (not 0600)
 
     proto = onnx.load(str(out))
     meta = {p.key: json.loads(p.value) for p in proto.metadata_props}

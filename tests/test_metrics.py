@@ -24,6 +24,15 @@ def test_hand_computed_case():
     assert image_mean_iou(hist) == pytest.approx(np.mean(iou))
 
 
+def test_uint8_truth_counts_like_int64_and_bad_predictions_are_refused():
+    t, p = torch.tensor([20, 20, 5, 255]), torch.tensor([20, 3, 5, 1])
+    ref = confusion_matrix(t, p, 21)
+    assert ref[20, 20] == 1 and ref[20, 3] == 1 and ref[5, 5] == 1 and int(ref.sum()) == 3
+    assert torch.equal(confusion_matrix(t.to(torch.uint8), p.to(torch.uint8), 21), ref)  # 20 * 21 wrapped in uint8
+    with pytest.raises(ValueError, match="prediction -1 is outside 0..20"):
+        confusion_matrix(t, torch.tensor([20, -1, 5, 1]), 21)
+
+
 def test_absent_class_is_left_out_of_the_means():
     hist = confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 1]), 3)
     s = scores(hist)

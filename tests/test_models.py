@@ -163,10 +163,14 @@ def stream_offsets(model, height=640, width=32):
 
 
 @pytest.mark.parametrize("arch, backbone", [("fcn4s", "resnet18"), ("fcn8s", "vgg16"),
-                                            ("fcn8s", "mobilenet_v3_large")])
-def test_every_stream_lands_on_the_pixels_its_features_are_centred_on(arch, backbone):
-    """ResNet and MobileNet centre a stride-s feature j on pixel s·j, VGG (2×2 pooling) on s·j + s/2 − ½: each
-    backbone's head must put every stream's scores back where their features came from."""
+                                            ("fcn8s", "mobilenet_v3_large"), ("fcn4s", "inception_v3")])
+def test_every_stream_lands_on_the_pixels_its_features_are_centred_on(arch, backbone, monkeypatch):
+    """ResNet and MobileNet centre a stride-s feature j on pixel s·j, VGG (2×2 pooling) on s·j + s/2 − ½,
+    Inception (unpadded) on s·j + 5, 13, 21, 37: each backbone's head must put every stream's scores back where
+    their features came from."""
+    avg = torch.nn.functional.avg_pool2d
+    monkeypatch.setattr(torch.nn.functional, "max_pool2d",  # Inception's reduction blocks pool functionally
+                        lambda x, kernel_size, stride=None, padding=0, *_, **__: avg(x, kernel_size, stride, padding))
     model = _linearized(fcnseg.build_model(arch, backbone=backbone, num_classes=1))
     assert stream_offsets(model) == pytest.approx(dict.fromkeys(model.score_layers(), 0.0), abs=0.05)
 
@@ -176,6 +180,27 @@ def test_the_cell_grid_on_resnet_is_the_old_misaligned_head():
     stride-s scores (s/2 − ½) px late per upsampling step."""
     model = _linearized(fcnseg.build_model("fcn8s", backbone="resnet18", num_classes=1, grid="cell"))
     assert stream_offsets(model) == pytest.approx({"score_fr": -15.5, "score_pool4": -7.5, "score_pool3": -3.5}, abs=0.05)
+
+
+def test_checkpoints_from_before_the_grid_keep_their_head(tmp_path, caplog):
+    from fcnseg.engine import model_from_checkpoint
+    from fcnseg.models import model_spec
+    from fcnseg.weights import load_state_into
+    torch.manual_seed(0)
+    old = fcnseg.build_model("fcn8s", backbone="resnet18", num_classes=3, grid="cell").eval()
+    randomize_head(old)
+    spec = model_spec(old)
+    assert spec.pop("grid") == "cell"  # what a checkpoint saved before session 16 holds: no grid
+    torch.save({"model": old.state_dict(), "model_spec": spec}, tmp_path / "old.pt")
+    rebuilt, _ = model_from_checkpoint(tmp_path / "old.pt")
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        assert rebuilt.grid == "cell" and torch.equal(rebuilt.eval()(x), old(x))  # predicts as it was trained
+    # as --init-from for a new model: backbone and score layers load, the kernels stay the new head's
+    new = fcnseg.build_model("fcn8s", backbone="resnet18", num_classes=3)
+    load_state_into(new, old.state_dict(), "old.pt")
+    assert torch.equal(new.score_pool3.weight, old.score_pool3.weight) and new.upscore8.weight.shape[-1] == 15
+    assert "keep this model's bilinear kernels" in caplog.text
 
 
 def test_unknown_names_list_the_valid_choices():

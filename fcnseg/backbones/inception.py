@@ -24,6 +24,10 @@ class InceptionBackbone(nn.Module):
         del self.body.fc, self.body.avgpool, self.body.dropout
         self.out_channels = {4: 64, 8: 288, 16: 768, 32: 2048}
         self.default_normalization = INCEPTION
+        # unpadded stride-2 convolutions and pools: a stride-s feature j is centred on pixel s*j + origins[s]
+        # (conv 3×3/2 → 2j+1, conv 3×3 → 2j+3, pool 3×3/2 → 4j+5; conv 3×3, pool → 8j+13; Mixed_6a → 16j+21;
+        # Mixed_7a → 32j+37), which the head's corner grid places exactly
+        self.grid, self.origins = "corner", {4: 5, 8: 13, 16: 21, 32: 37}
 
     def stages(self) -> list[nn.Module]:
         b = self.body

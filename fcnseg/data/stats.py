@@ -8,9 +8,7 @@ those of class c, K classes present), so that they average to 1 over the pixels.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,15 +64,6 @@ def class_stats(ds: SegmentationDataset, *, progress: bool = True) -> dict:
 
 def write_stats(stats: dict, path: str | Path) -> Path:
     """Write ``stats`` as JSON at ``path`` atomically (a temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(stats, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from ..engine import atomic_write_text
+    atomic_write_text(json.dumps(stats, indent=2) + "\n", path)
+    return Path(path)

@@ -126,8 +126,13 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
             model.reset_head()  # re-initialise the class-dependent layers consistently
             # but keep the loaded values of head layers whose shape did match
             model.load_state_dict({k: v for k, v in load.items() if k.split(".")[0] in head}, strict=False)
-        log.warning("%s: %s re-initialised for %d classes (the file has another class count)",
-                    source, ", ".join(sorted(reinit)), getattr(model, "num_classes", -1))
+        ups = set(getattr(model, "upsample_layers", list)())
+        if reinit <= ups and all(own[k].shape[:2] == state[k].shape[:2] for k in state if k.split(".")[0] in reinit):
+            log.warning("%s: %s keep this model's bilinear kernels (the file's have another size: a ResNet, MobileNet "
+                        "or Inception head from before the aligned grid)", source, ", ".join(sorted(reinit)))
+        else:
+            log.warning("%s: %s re-initialised for %d classes (the file has another class count)",
+                        source, ", ".join(sorted(reinit)), getattr(model, "num_classes", -1))
     unused_head = [k for k in unexpected if k.split(".")[0] in _HEAD_NAMES or k.startswith(("score", "upscore"))]
     if unused_head and not any(k.split(".")[0] in head for k in load):
         log.warning("%s: its head layers (e.g. %s) do not fit this model, which keeps its own untrained head: train "
