@@ -243,6 +243,32 @@ def test_forward_backward_any_size(arch, backbone):
     assert first.grad is not None and torch.isfinite(first.grad).all()
 
 
+@pytest.mark.parametrize("stride,border,shift,size", [(4, 1, 0, (28, 35)), (2, 1, 0, (13, 17)), (32, 1, 0, (200, 250)),
+                                                    (4, 3, 5, (30, 41)), (2, 2, 1, (15, 18))])
+def test_corner_grid_matrices_equal_border_deconvolution_and_crop(stride, border, shift, size):
+    """The corner grid's one-matrix-per-axis path gives the numbers of its definition — replicate border, the full
+    C×C deconvolution, crop — forward and backward, and so does the path export traces."""
+    from fcnseg.heads import Upsample, _fit, bilinear_kernel
+    torch.manual_seed(0)
+    up = Upsample(5, 5, 2 * stride - 1, stride=stride, bias=False)
+    up.weight.data.copy_(bilinear_kernel(5, 2 * stride - 1))
+    up.weight.requires_grad_(False)  # fixed, as in a model
+    full = torch.nn.ConvTranspose2d(5, 5, 2 * stride - 1, stride=stride, bias=False)
+    full.weight.data.copy_(up.weight)
+    offset = stride * border + stride - 1 - shift
+    x = torch.randn(2, 5, 7, 9, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    y = up.bordered(x, border, offset, size)
+    y2 = _fit(full(torch.nn.functional.pad(x2, (border,) * 4, mode="replicate")), size, offset)
+    assert y.shape == y2.shape == (2, 5, *size) and y.is_contiguous() and up._fast[0] == "separable"
+    torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y2)
+    y.backward(g), y2.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-4)
+    traced = torch.jit.trace(lambda t: up.bordered(t, border, offset, size), x.detach())
+    torch.testing.assert_close(traced(x.detach()), y2.detach(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("stride,padding,output_padding", [(8, 4, 0), (8, 0, 0), (2, 1, 0), (2, 0, 1), (32, 16, 0)])
 def test_fixed_upsampling_fast_paths_match_the_full_deconvolution(stride, padding, output_padding):
     """The separable (bilinear) and per-class paths give the full C×C deconvolution's numbers, forward and
