@@ -130,7 +130,7 @@ class Upsample(nn.ConvTranspose2d):
     def bordered(self, x: torch.Tensor, border: int, offset: int, size) -> torch.Tensor:
         """``_fit(self(replicate-pad x by border), size, offset)``: the corner grid's upsampling. With a fixed
         bilinear kernel, one interpolation matrix per axis folds the border and the crop in, so exactly ``size``
-        comes out (at 59 classes the padded map and its crop cost a CCP step 40% more)."""
+        comes out (at 59 classes, padding and cropping the maps cost a CCP training step 7%: 0.994 s vs 0.925 s)."""
         plan = self._plan()
         if plan is None or plan[0] != "separable" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return _fit(self(F.pad(x, (border,) * 4, mode="replicate")), size, offset)
