@@ -179,7 +179,8 @@ def test_the_cell_grid_on_resnet_is_the_old_misaligned_head():
     """Checkpoints from before the grid was declared rebuild the head they were trained with: on ResNet it put
     stride-s scores (s/2 − ½) px late per upsampling step."""
     model = _linearized(fcnseg.build_model("fcn8s", backbone="resnet18", num_classes=1, grid="cell"))
-    assert stream_offsets(model) == pytest.approx({"score_fr": -15.5, "score_pool4": -7.5, "score_pool3": -3.5}, abs=0.05)
+    expected = {"score_fr": -15.5, "score_pool4": -7.5, "score_pool3": -3.5}
+    assert stream_offsets(model) == pytest.approx(expected, abs=0.05)
 
 
 def test_checkpoints_from_before_the_grid_keep_their_head(tmp_path, caplog):
