@@ -59,6 +59,8 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> torch.
     """Uploaded bytes → uint8 RGB 3×H×W (EXIF orientation applied, as browsers show it); :class:`HTTPError` 415 /
     400 / 413 for non-images, undecodable images and oversized images."""
     from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from .data.io import to_8bit
     kind = sniff_image(data)
     if kind is None:
         raise HTTPError(415, f"{name} is not a supported image (PNG, JPEG, GIF, BMP, TIFF, WebP, PNM)")
@@ -68,10 +70,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> torch.
                 raise HTTPError(413, f"{name} is {im.width}×{im.height} px; the limit is {max_pixels:,} pixels")
             im.load()
             im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I", "F"):  # 16-bit / float grayscale: rescale to 8 bit
-                a = np.asarray(im, dtype=np.float64)
-                im = Image.fromarray((a * (255.0 / max(a.max(), 255.0))).round().clip(0, 255).astype(np.uint8))
-            arr = np.asarray(im.convert("RGB"))
+            arr = np.asarray(to_8bit(im).convert("RGB"))
     except HTTPError:
         raise
     except Image.DecompressionBombError:
@@ -150,8 +149,9 @@ class OnnxSegmenter:
         h, w = image.shape[-2:]
         x = image.float()[None]
         if self.resize:
-            size = (self.resize, self.resize) if isinstance(self.resize, int) else tuple(self.resize)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            from .inference import resized_size
+            x = F.interpolate(x, size=resized_size(h, w, self.resize), mode="bilinear", align_corners=False,
+                              antialias=True)
         xh, xw = x.shape[-2:]
         if xh < self.min_size or xw < self.min_size:  # Inception's minimum input, see fcnseg.export.MIN_SIZE
             canvas = self.fill.expand(1, 3, max(xh, self.min_size), max(xw, self.min_size)).clone()

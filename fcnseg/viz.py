@@ -12,10 +12,12 @@ IGNORE_COLOR = (0, 0, 0)
 
 
 def colorize(mask: torch.Tensor, palette: Sequence[Sequence[int]]) -> torch.Tensor:
-    """int H×W class map → uint8 3×H×W colour image (ignore / out-of-range values black)."""
-    lut = torch.zeros(256, 3, dtype=torch.uint8)
-    lut[:len(palette)] = torch.tensor([list(c) for c in palette][:256], dtype=torch.uint8)
-    m = mask.to(torch.int64).clamp(0, 255)
+    """int H×W class map → uint8 3×H×W colour image; values the palette has no colour for (an ignore label such as
+    255 or −1, a label out of range) are black."""
+    colours = [list(c) for c in palette]
+    lut = torch.tensor(colours + [list(IGNORE_COLOR)], dtype=torch.uint8)  # the last row for everything else
+    m = mask.to(torch.int64)
+    m = torch.where((m >= 0) & (m < len(colours)), m, len(colours))
     return lut[m].permute(2, 0, 1).contiguous()
 
 

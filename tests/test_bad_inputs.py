@@ -365,8 +365,23 @@ def test_odd_image_modes_are_converted(stem, mode, w, tmp_path, capsys):
     assert np.asarray(pred).max() < 7
     image = fcnseg.data.io.read_image(src)
     assert image.dtype == torch.uint8 and tuple(image.shape) == (3, H, W)
-    if stem == "deep16":  # 16-bit values are rescaled to 8 bit, not clipped to white
-        assert 0 < float(image.float().mean()) < 255
+    if stem == "deep16":  # 16-bit values are rescaled to 8 bit (÷ 257), not clipped to white
+        assert torch.equal(image[0], torch.from_numpy(rgb(4)[..., 0]))
+
+
+def test_16_bit_images_keep_their_brightness_relative_to_each_other(tmp_path):
+    """A fixed 16 → 8 bit rule: a dark 16-bit image stays dark (scaling by each image's own maximum stretched it to
+    white, so brightness differed between the images of one dataset), for files and for the web demo's uploads."""
+    from fcnseg.serve import decode_image
+    dark = np.tile(np.linspace(0, 2570, W).astype(np.uint16), (H, 1))  # 2570 = 10 × 257
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    assert Image.open(tmp_path / "dark.png").mode == "I;16"
+    expected = torch.from_numpy((dark / 257.0).round().astype(np.uint8))
+    for image in (fcnseg.data.io.read_image(tmp_path / "dark.png"),
+                  decode_image((tmp_path / "dark.png").read_bytes(), "dark.png")):
+        assert int(image.max()) == 10 and all(torch.equal(c, expected) for c in image)
+    floats = Image.fromarray(np.full((H, W), 0.5, np.float32))
+    assert np.asarray(fcnseg.data.io.to_8bit(floats)).max() == 128  # floats in 0…1 are fractions of white
 
 
 def test_odd_image_modes_pass_data_check_and_load(w, capsys):

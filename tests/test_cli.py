@@ -137,6 +137,13 @@ def test_predict_refuses_impossible_options_in_one_line(checkpoint, tmp_path, ca
     assert message in capsys.readouterr().err
 
 
+def test_colorize_paints_labels_without_a_colour_black():
+    from fcnseg.viz import colorize
+    palette = [(10, 20, 30), (40, 50, 60), (70, 80, 90)]
+    out = colorize(torch.tensor([[0, 1, 2, -1, 3, 255]]), palette)  # -1 took class 0's colour (clamped to 0)
+    assert out[:, 0].T.tolist() == [[10, 20, 30], [40, 50, 60], [70, 80, 90], [0, 0, 0], [0, 0, 0], [0, 0, 0]]
+
+
 def test_index_pngs_hold_more_than_256_classes(tmp_path):
     from fcnseg.data.io import read_index_mask
     from fcnseg.viz import save_index_png

@@ -31,15 +31,26 @@ def read_image(path: str | Path) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I", "F"):  # 16-bit / float grayscale: rescale to 8 bit
-                a = np.asarray(im, dtype=np.float64)
-                hi = a.max() if a.max() > 255 else 255.0
-                im = Image.fromarray((a * (255.0 / hi)).round().clip(0, 255).astype(np.uint8))
-            arr = np.asarray(im.convert("RGB"))
+            arr = np.asarray(to_8bit(im).convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"cannot read image {path}: {e.__class__.__name__}: {e} (corrupt or truncated? re-export "
                         f"or remove the file)") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and float grayscale → 8-bit ``L`` by a fixed rule, so every image of a dataset keeps its brightness
+    (a per-image maximum would brighten dark images): 16-bit modes ÷ 257 (65535 → 255); 32-bit integers as 8-bit
+    levels when all are ≤ 255, else as 16-bit; floats in 0…1 × 255, other floats clipped to 0…255."""
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    top = float(a.max()) if a.size else 0.0
+    if im.mode.startswith("I;16") or (im.mode == "I" and top > 255):
+        a = a / 257.0
+    elif im.mode == "F" and top <= 1.0:
+        a = a * 255.0
+    return Image.fromarray(a.round().clip(0, 255).astype(np.uint8))
 
 
 def read_index_mask(path: str | Path) -> np.ndarray:
