@@ -294,15 +294,26 @@ def check_size_schedule(schedule: list | None) -> None:
 
 
 def stage_configs(cfg: TrainConfig) -> list[tuple[str | None, TrainConfig]]:
-    """[(stage name or None, config)] — a multi-step recipe expands into one config per stage."""
+    """[(stage name or None, config)] — a multi-step recipe expands into one config per stage.
+
+    The run's ``init_from`` starts the first stage only: each later stage starts from the one before it (the engine
+    fills that in), unless the recipe's stage names its own. A ``time_budget`` is the whole run's, shared like the
+    iterations: by each stage's ``fraction``, or equally."""
     if not cfg.stages:
         return [(None, cfg)]
     out = []
+    budget = parse_duration(cfg.time_budget)
     for i, stage in enumerate(cfg.stages):
         stage = dict(stage)
         name = stage.pop("name", f"stage{i + 1}")
-        if "fraction" in stage:  # a share of the recipe's max_iters, so --max-iters scales every stage
-            stage["max_iters"] = max(1, round(float(stage.pop("fraction")) * cfg.max_iters))
+        fraction = stage.pop("fraction", None)
+        if fraction is not None:  # a share of the recipe's max_iters, so --max-iters scales every stage
+            stage["max_iters"] = max(1, round(float(fraction) * cfg.max_iters))
+        share = float(fraction) if fraction is not None else 1.0 / len(cfg.stages)
+        if budget is not None and "time_budget" not in stage:
+            stage["time_budget"] = budget * share
+        if i > 0:
+            stage.setdefault("init_from", None)
         stage = {k: _coerce(k, v) for k, v in stage.items()}
         out.append((name, dataclasses.replace(cfg, stages=[], **stage)))
     return out

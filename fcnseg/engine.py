@@ -253,6 +253,11 @@ def follows_clock(iteration: int, elapsed: float, max_iters: int, budget: float 
     return elapsed / max(iteration, 1) * max_iters > budget
 
 
+def _plain(value):
+    """Tuples and lists compare alike (a checkpoint may hold either)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def lr_factor(cfg: TrainConfig, iteration: int, progress: float) -> float:
     """Multiplier of the base lr: linear warm-up, then poly / step / cosine / constant over ``progress`` ∈ [0, 1]
     (iterations done / max_iters, or once the run ``follows_clock`` the larger of that and time used / budget)."""
@@ -262,7 +267,9 @@ def lr_factor(cfg: TrainConfig, iteration: int, progress: float) -> float:
     elif cfg.scheduler == "cosine":
         f = 0.5 * (1 + math.cos(math.pi * progress))
     elif cfg.scheduler == "step":
-        f = cfg.step_gamma ** (iteration // cfg.step_size)
+        # the steps fall where the progress is: on the clock, a budget-bound run still reaches its later decays
+        done = max(iteration, math.floor(progress * cfg.max_iters + 1e-9))
+        f = cfg.step_gamma ** (done // cfg.step_size)
     else:
         f = 1.0
     if cfg.warmup_iters and iteration < cfg.warmup_iters:
@@ -408,15 +415,23 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     stages = stage_configs(cfg)
     summary: dict = {}
     previous: Path | None = None
-    for name, scfg in stages:
+    resume_at = None  # a multi-stage run resumed from a named file: that file's stage resumes from it, the others
+    if len(stages) > 1 and cfg.resume not in (None, "auto"):  # from their own last.pt (finished ones are skipped)
+        folder = Path(cfg.resume).resolve().parent
+        resume_at = next((i for i, (name, _) in enumerate(stages) if (out / name).resolve() == folder), 0)
+    for i, (name, scfg) in enumerate(stages):
         stage_out = out if name is None else out / name
         scfg.out = str(stage_out)
+        if resume_at is not None and i != resume_at:
+            scfg.resume = "auto"
         if previous is not None and not scfg.init_from:
             scfg.init_from = str(previous)
         if name is not None:
             log.info("stage %s: %s/%s, trainable=%s", name, scfg.arch, scfg.backbone, scfg.trainable or "all")
         summary = train_stage(scfg, progress=progress, stage=name)
-        previous = Path(summary["best"] if summary.get("best") else summary["last"])
+        dist.barrier()  # rank 0 writes the stage's checkpoints; the next stage's other ranks start from them
+        best = Path(summary["out"]) / "best.pt"  # looked up after the barrier, so every rank sees the same file
+        previous = best if best.exists() else Path(summary["last"])
     if len(stages) > 1 and dist.is_main():  # the final stage's checkpoints are the run's
         for f in ("last.pt", "best.pt"):
             src = Path(summary["out"]) / f
@@ -451,6 +466,9 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         resume_ckpt = load_checkpoint(last_path)
     elif cfg.resume not in (None, "auto"):
         resume_ckpt = load_checkpoint(cfg.resume)
+    if resume_ckpt is not None and resume_ckpt.get("optimizer") is None:
+        raise UserError(f"{cfg.resume} holds weights only (best.pt keeps no optimizer state): resume from last.pt in "
+                        f"the same folder, or start a new run from these weights with --init-from")
     if resume_ckpt is not None and resume_ckpt.get("finished") and resume_ckpt["iteration"] >= cfg.max_iters:
         log.info("%s already finished at iteration %d; nothing to resume", out, resume_ckpt["iteration"])
         return {"out": str(out), "last": str(last_path), "best": str(best_path) if best_path.exists() else None,
@@ -529,8 +547,19 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
         load_state_into(ema.module, resume_ckpt["model"], "resume checkpoint", strict_classes=True, require_all=True)
         ema.updates = resume_ckpt.get("ema_updates", 0)
     if resume_ckpt is not None:
+        # the optimizer's state (moments, momentum buffers) resumes; its settings are this run's config, so a changed
+        # --lr / --weight-decay applies instead of being overwritten by the saved param groups
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(resume_ckpt["optimizer"])
-        scaler.load_state_dict(resume_ckpt["scaler"])
+        changed = sorted({k.replace("initial_lr", "lr") for g, new in zip(optimizer.param_groups, settings)
+                          for k in ("initial_lr", "weight_decay", "momentum", "betas", "eps")
+                          if k in new and _plain(g.get(k)) != _plain(new[k])})
+        for g, new in zip(optimizer.param_groups, settings):
+            g.update(new)
+        if changed and main:
+            log.info("resume: %s from this run's config, not the checkpoint's", ", ".join(changed))
+        if resume_ckpt["scaler"]:  # empty when the run was saved without fp16 loss scaling (fp32 or bf16)
+            scaler.load_state_dict(resume_ckpt["scaler"])
         iteration, best_miou = resume_ckpt["iteration"], resume_ckpt.get("best_miou", -1.0)
         used_time = resume_ckpt.get("used_time", 0.0)
         clock = resume_ckpt.get("follows_clock", True)  # older checkpoints: their schedule followed the clock
@@ -675,7 +704,7 @@ def train_stage(cfg: TrainConfig, *, progress: bool = True, stage: str | None = 
                 images = base.normalization(images.to(device, non_blocking=True))
                 masks = masks.to(device, non_blocking=True)
                 images, masks = resize_batch(images, masks, scale)
-                bad = (masks >= num_classes) & (masks != cfg.ignore_index) | (masks < 0)
+                bad = ((masks >= num_classes) | (masks < 0)) & (masks != cfg.ignore_index)
                 if bad.any():
                     v = int(masks[bad][0])
                     files = "; ".join(train_ds.describe(i) for i in indices)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -178,6 +179,76 @@ def test_staged_32s_16s_8s(tmp_path, caplog):
     assert load_checkpoint(tmp_path / "run" / "best.pt")["model_spec"]["arch"] == "fcn8s"
     assert f"initialised from {tmp_path / 'run' / 'fcn32s' / 'best.pt'}" in caplog.text
     assert f"initialised from {tmp_path / 'run' / 'fcn16s' / 'best.pt'}" in caplog.text
+
+
+def test_a_run_level_init_from_starts_the_first_stage_only(tmp_path, caplog):
+    """Every stage inherited --init-from, so fcn16s and fcn8s restarted from it instead of the stage before."""
+    train(tiny(tmp_path, "seed", arch="fcn32s", max_iters=1, val_every=100), progress=False)
+    caplog.set_level("INFO", logger="fcnseg")
+    train(tiny(tmp_path, recipe="staged", max_iters=1, val_every=100, init_from=str(tmp_path / "seed" / "last.pt")),
+          progress=False)
+    starts = [l for l in caplog.text.splitlines() if "initialised from" in l]
+    assert len(starts) == 3, starts
+    assert str(tmp_path / "seed" / "last.pt") in starts[0]
+    assert str(tmp_path / "run" / "fcn32s" / "best.pt") in starts[1]
+    assert str(tmp_path / "run" / "fcn16s" / "best.pt") in starts[2]
+
+
+def test_resuming_a_staged_run_from_one_stage_file_runs_the_stages_after_it(tmp_path):
+    """--resume RUN/fcn16s/last.pt was handed to every stage: fcn8s loaded fcn16s's finished checkpoint, called itself
+    finished, and the run ended without an FCN-8s."""
+    train(tiny(tmp_path, recipe="staged", max_iters=2, val_every=100), progress=False)
+    shutil.rmtree(tmp_path / "run" / "fcn8s")  # killed before the last stage began
+    (tmp_path / "run" / "last.pt").unlink()
+    summary = train(tiny(tmp_path, recipe="staged", max_iters=2, val_every=100,
+                         resume=str(tmp_path / "run" / "fcn16s" / "last.pt")), progress=False)
+    final = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert final["model_spec"]["arch"] == "fcn8s" and final["iteration"] == 2 and summary["iteration"] == 2
+
+
+def test_a_time_budget_is_shared_between_the_stages():
+    from fcnseg.config import stage_configs
+    two = dict(stage_configs(resolve_config("googlenet-two-step", None, {"time_budget": "40m"})))
+    assert (two["step1-head"].time_budget, two["step2-all"].time_budget) == (600.0, 1800.0)  # fractions 0.25, 0.75
+    three = [c.time_budget for _, c in stage_configs(resolve_config("staged", None, {"time_budget": "30m"}))]
+    assert three == [600.0, 600.0, 600.0]
+
+
+def test_resuming_from_best_pt_is_one_clear_error(tmp_path):
+    train(tiny(tmp_path, max_iters=1, val_every=1), progress=False)
+    with pytest.raises(fcnseg.errors.UserError, match="holds weights only .* resume from last.pt"):
+        train(tiny(tmp_path, "again", max_iters=2, resume=str(tmp_path / "run" / "best.pt")), progress=False)
+
+
+def test_a_run_saved_without_loss_scaling_resumes_with_fp16(tmp_path):
+    """A run trained in fp32/bf16 saves an empty scaler state; resuming it where amp resolves to fp16 crashed."""
+    train(tiny(tmp_path, max_iters=1, val_every=100), progress=False)
+    summary = train(tiny(tmp_path, max_iters=2, val_every=100, amp="fp16", resume="auto"), progress=False)
+    assert summary["iteration"] == 2
+
+
+def test_a_negative_ignore_index_is_not_a_bad_label(tmp_path):
+    """ignore_index −1: the crop's padding is −1, which the label check refused as out of range."""
+    s = train(tiny(tmp_path, max_iters=2, val_every=100, ignore_index=-1, crop_size=[64, 80]), progress=False)
+    assert s["iteration"] == 2
+
+
+def test_step_decays_follow_the_clock_too():
+    cfg = resolve_config(None, None, {"scheduler": "step", "step_size": 50, "step_gamma": 0.1, "max_iters": 100,
+                                      "warmup_iters": 0})
+    assert engine.lr_factor(cfg, 30, 0.3) == 1.0 and engine.lr_factor(cfg, 50, 0.5) == pytest.approx(0.1)
+    assert engine.lr_factor(cfg, 29, 0.29) == 1.0  # 0.29 × 100 is 28.999…: no float off-by-one
+    assert engine.lr_factor(cfg, 10, 0.9) == pytest.approx(0.1)  # 90% of the budget used after 10 iterations
+
+
+def test_a_changed_lr_applies_on_resume(tmp_path, caplog):
+    """The saved param groups overwrote the config's lr and weight decay: a resume with --lr kept the old rate."""
+    train(tiny(tmp_path, max_iters=1, val_every=100), progress=False)  # sgd, lr 0.01
+    caplog.set_level("INFO", logger="fcnseg")
+    train(tiny(tmp_path, max_iters=2, val_every=100, lr=0.001, weight_decay=0.5, resume="auto"), progress=False)
+    groups = load_checkpoint(tmp_path / "run" / "last.pt")["optimizer"]["param_groups"]
+    assert {g["initial_lr"] for g in groups} <= {0.001, 0.002} and 0.001 in {g["initial_lr"] for g in groups}
+    assert "resume: lr, weight_decay from this run's config" in caplog.text
 
 
 def test_learning_happens(tmp_path):
