@@ -219,7 +219,9 @@ def cmd_evaluate(args):
 
 def metrics_markdown(m: dict) -> str:
     proto = m.get("protocol")
-    how = (f"input {'×'.join(map(str, proto['input_size'])) if proto.get('input_size') else 'as is'}, scales "
+    size = proto.get("input_size") if proto else None
+    size = (f"shorter side {size}" if isinstance(size, int) else "×".join(map(str, size))) if size else "as is"
+    how = (f"input {size}, scales "
            f"{','.join(f'{s:g}' for s in proto['scales'])}, flip {'on' if proto['flip'] else 'off'}"
            + (f", sliding window {proto['window']}" if proto.get("window") else "")
            + (", classes restricted to each image's ground-truth tags" if proto.get("given_tags") else "")

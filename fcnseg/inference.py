@@ -121,6 +121,18 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def resized_size(h: int, w: int, size: Sequence[int] | int) -> tuple[int, int]:
+    """The (H, W) that a config's ``resize`` gives an h×w image, exactly as training's ``v2.Resize`` does: (H, W) as
+    given; one number sets the shorter side and keeps the aspect ratio (the longer side truncated, as torchvision)."""
+    if not isinstance(size, int) and len(size) == 1:
+        size = size[0]
+    if not isinstance(size, int):
+        return int(size[0]), int(size[1])
+    short, long = (h, w) if h <= w else (w, h)
+    long = int(size * long / short)
+    return (size, long) if h <= w else (long, size)
+
+
 class Predictor:
     """Wrap a model for fast, safe inference: ``predictor(x)`` maps an N×3×H×W normalised float tensor to
     float32 logits of the input's size.
@@ -199,7 +211,7 @@ class Predictor:
                       overlap: float = 1 / 3) -> torch.Tensor:
         """uint8 RGB N×3×H×W → averaged softmax probabilities N×C×H×W (float32) at the input's resolution.
 
-        ``input_size``: resize to this (H, W) first (a model trained at a fixed size); ``scales``: multi-scale
+        ``input_size``: resize to this first, as training resized (see :func:`resized_size`); ``scales``: multi-scale
         averaging; ``flip``: add horizontally flipped passes; ``window``: sliding-window inference with square tiles
         of this size (for images too large for memory), ``overlap`` between tiles.
         """
@@ -210,8 +222,8 @@ class Predictor:
             raise ValueError(f"window must be at least 1 and overlap in [0, 1), got {window} and {overlap}")
         x0 = self.normalize(images)
         if input_size:
-            size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-            x0 = F.interpolate(x0, size=size, mode="bilinear", align_corners=False, antialias=True)
+            x0 = F.interpolate(x0, size=resized_size(h, w, input_size), mode="bilinear", align_corners=False,
+                               antialias=True)
         probs = torch.zeros(images.shape[0], self.num_classes, h, w, device=self.device)
         for s in scales:
             # by size, not scale_factor: the way back below maps by the sizes' ratio, so must the way there (with a

@@ -47,3 +47,24 @@ def test_impossible_options_are_refused(options):
     predictor = Predictor(_PassThrough(), "cpu", amp="none", channels_last=False)
     with pytest.raises(ValueError):
         predictor.predict_image(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), **options)
+
+
+class _Recorder(_PassThrough):
+    def forward(self, x):
+        self.seen = tuple(x.shape[-2:])
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("size", [(300, 400), (400, 300), (333, 333), (241, 500)])
+def test_a_single_number_resize_keeps_the_aspect_ratio_as_training_does(size):
+    """Training's v2.Resize(256) sets the shorter side; inference and serving squashed the image to 256×256."""
+    from torchvision.transforms import v2
+
+    from fcnseg.inference import resized_size
+    trained = tuple(v2.Resize(256)(torch.zeros(3, *size, dtype=torch.uint8)).shape[-2:])
+    assert resized_size(*size, 256) == resized_size(*size, [256]) == trained
+    assert resized_size(*size, [180, 240]) == (180, 240)
+    model = _Recorder()
+    probs = Predictor(model, "cpu", amp="none", channels_last=False).predict_image(
+        torch.zeros(1, 3, *size, dtype=torch.uint8), input_size=256)
+    assert model.seen == trained and probs.shape[-2:] == size
