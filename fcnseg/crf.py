@@ -1,6 +1,7 @@
 """DenseCRF post-processing (Krähenbühl & Koltun) via the optional ``pydensecrf2`` package.
 
-Defaults are FCN-GoogLeNet's: Gaussian sxy 10 / compat 3, bilateral sxy 50 / srgb 20 / compat 10, 10 iterations.
+Defaults: Gaussian sxy 10 / compat 3, bilateral sxy 50 / srgb 20 / compat 10, 10 iterations, as recorded from the
+FCN-GoogLeNet port the project started from (no published source re-found; RESULTS.md measures their effect).
 """
 from __future__ import annotations
 
