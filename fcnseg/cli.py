@@ -103,7 +103,7 @@ def cmd_train(args):
         raise UserError("give --recipe NAME, --config FILE.yaml or --data NAME (see fcnseg recipes)")
     cfg = resolve_config(args.recipe, args.config, overrides)
     summary = train(cfg)
-    print(f"run: {summary['out']}\nbest mIoU {summary['best_miou']:.4f} after {summary['iteration']} iterations\n"
+    print(f"run: {summary['out']}\n{summary['iteration']} iterations; best validation mIoU {summary['best_miou']:.4f}\n"
           f"checkpoints: {summary['last']} {summary['best']}")
 
 

@@ -109,11 +109,32 @@ def test_unmapped_colour(tmp_path):
 
 
 def test_duplicate_stems(tmp_path):
-    folder(tmp_path, {"a": mask_with([0])})
+    """Two images of one stem would both pair with its one mask: the folder reader refuses them at load (training
+    included), and `data check` reports that line; a paired reader built otherwise is still checked for them."""
+    folder(tmp_path, {"a": mask_with([0]), "b": mask_with([0])})
     write_image(tmp_path / "images" / "a.png")
-    msg = only(check(tmp_path))
-    assert msg.startswith("duplicate stem 'a': ") and str(tmp_path / "images" / "a.jpg") in msg
-    assert str(tmp_path / "images" / "a.png") in msg
+    msg = (f"1 stem(s) in {tmp_path / 'images'} name more than one image, e.g. 'a': a.jpg, a.png; masks are matched "
+           f"by stem, so rename or remove one")
+    with pytest.raises(UserError) as e:
+        get_dataset("folder", tmp_path, "all")
+    assert str(e.value) == msg
+    assert check_split("folder", tmp_path, "all", progress=False) == [msg]
+
+    class Twins(PairedFileDataset):
+        name, classes = "twins", ["bg", "cat", "dog"]
+    pairs = [(tmp_path / "images" / n, tmp_path / "masks" / "a.png") for n in ("a.jpg", "a.png")]
+    problem = check_dataset(Twins(tmp_path, "all", pairs=pairs), progress=False)[0]
+    assert problem.startswith("duplicate stem 'a': ") and str(pairs[1][0]) in problem
+
+
+def test_jpeg_masks_warn_at_load(tmp_path, caplog):
+    folder(tmp_path, {"a": mask_with([0]), "b": mask_with([0])})
+    (tmp_path / "masks" / "b.png").unlink()
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "masks" / "b.jpg", quality=100)
+    with caplog.at_level("WARNING"):
+        assert len(get_dataset("folder", tmp_path, "all")) == 2
+    assert caplog.messages == [f"1 mask(s) in {tmp_path / 'masks'} are JPEGs (e.g. b.jpg): lossy compression changes "
+                               f"label values near edges; save masks as PNG (fcnseg data check lists them)"]
 
 
 def test_empty_split(tmp_path):

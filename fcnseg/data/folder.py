@@ -20,6 +20,8 @@ Class list (looked up in ``root/[SPLIT/]`` then ``root/``), one class per line, 
 """
 from __future__ import annotations
 
+import logging
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,8 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import UserError
 from .base import IGNORE_INDEX, PairedFileDataset, require_nonempty
 from .io import read_index_mask
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTS = (".png", ".npy", ".bmp", ".tif", ".tiff", ".gif", ".jpg", ".jpeg")  # preference order: lossless first
@@ -99,11 +103,23 @@ class FolderDataset(PairedFileDataset):
             for _, p in found:
                 masks.setdefault(p.stem, p)
         images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        by_stem: dict[str, list[str]] = defaultdict(list)
+        for p in images:
+            by_stem[p.stem].append(p.name)
+        twins = {stem: names for stem, names in by_stem.items() if len(names) > 1}
+        if twins:  # both would pair with the one mask of that stem: a sample counted twice, or a wrong pairing
+            stem, names = next(iter(twins.items()))
+            raise UserError(f"{len(twins)} stem(s) in {img_dir} name more than one image, e.g. {stem!r}: "
+                            f"{', '.join(names)}; masks are matched by stem, so rename or remove one")
         missing = [p for p in images if p.stem not in masks]
         if missing:
             raise UserError(f"{len(missing)} image(s) in {img_dir} have no mask with the same stem in "
                             f"{mask_dirs[0]}, e.g. {missing[0].name}")
         self.pairs = require_nonempty([(p, masks[p.stem]) for p in images], self.name, split, img_dir)
+        lossy = [m for _, m in self.pairs if m.suffix.lower() in (".jpg", ".jpeg")]
+        if lossy:
+            log.warning("%d mask(s) in %s are JPEGs (e.g. %s): lossy compression changes label values near edges; "
+                        "save masks as PNG (fcnseg data check lists them)", len(lossy), lossy[0].parent, lossy[0].name)
 
     @staticmethod
     def _layout(base: Path) -> tuple[Path, list[Path]] | None:
