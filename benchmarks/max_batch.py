@@ -33,7 +33,7 @@ def child(spec: dict) -> dict:
     torch.manual_seed(0)
     model = build_model("fcn8s", backbone="vgg16", num_classes=21)
     if spec["checkpointing"]:
-        from fcnseg.checkpointing import enable_activation_checkpointing
+        from fcnseg.models.activation_checkpointing import enable_activation_checkpointing
         enable_activation_checkpointing(model)
     n, s = spec["batch"], spec["size"]
     x, y = torch.randn(n, 3, s, s), torch.randint(0, 21, (n, s, s))

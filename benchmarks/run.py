@@ -111,7 +111,7 @@ def child_train(spec: dict) -> dict:
     else:
         model = fcnseg_model()
         if spec.get("checkpointing"):
-            from fcnseg.checkpointing import enable_activation_checkpointing
+            from fcnseg.models.activation_checkpointing import enable_activation_checkpointing
             enable_activation_checkpointing(model)
         x = torch.randn(n, 3, size, size)
     y = torch.randint(0, 21, (n, size, size))
@@ -171,7 +171,7 @@ def gflop(fn) -> float:
 
 def train_gflop(model, x, y) -> float:
     """GFLOP of one training step's forward + backward (the optimizer's element-wise update is not counted)."""
-    from fcnseg.engine import pixel_loss
+    from fcnseg.train.loop import pixel_loss
 
     def step():
         model.zero_grad(set_to_none=True)

@@ -6,7 +6,6 @@ minimum is the figure least disturbed by other processes on a shared machine).
 """
 from __future__ import annotations
 
-import argparse
 import resource
 import statistics
 import sys
@@ -14,24 +13,17 @@ import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .inference import Predictor
+from .models import build_model
+from .models.activation_checkpointing import enable_activation_checkpointing
+from .runtime import autocast, resolve_channels_last, select_device
+from .train.loop import pixel_loss
+from .train.optim import StepInBackward
 
 DTYPES = {"fp32": "none", "bf16": "bf16", "fp16": "fp16", "int8": "int8"}  # --dtype → Predictor amp mode
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``500x500`` or ``500`` → (H, W)."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-    except (ValueError, IndexError):
-        raise UserError(f"--size expects HxW like 500x500, got {text!r}") from None
-    if len(parts) > 2 or h < 1 or w < 1:
-        raise UserError(f"--size expects HxW with positive sides like 500x500, got {text!r}")
-    return h, w
 
 
 def sync(device: torch.device) -> None:
@@ -83,9 +75,7 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, a
                device: torch.device = torch.device("cpu")) -> Callable[[], float]:
     """A closure running one SGD-momentum step (cross-entropy, fp32 loss) the way ``fcnseg train`` does;
     it returns the loss. ``fused``: torch's fused SGD kernel when this torch has it for the device;
-    ``step_in_backward``: each parameter updated inside backward, its gradient freed (``fcnseg.optim``)."""
-    from .engine import pixel_loss
-    from .inference import autocast
+    ``step_in_backward``: each parameter updated inside backward, its gradient freed (``fcnseg.train.optim``)."""
     model.train().to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -98,7 +88,6 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, a
     opt = opt or torch.optim.SGD(params, lr=lr, momentum=0.9)
     images, masks = images.to(device), masks.to(device)
     if step_in_backward:
-        from .optim import StepInBackward
         StepInBackward(opt)
 
     def step() -> float:
@@ -118,42 +107,12 @@ def summary(times: list[float], batch: int) -> dict:
     return {"min_s": best, "median_s": median, "images_per_s": batch / best, "repeats": len(times)}
 
 
-# ----------------------------------------------------------------------------------------------------- CLI
-def add_parser(subs, _sub) -> None:
-    p = _sub(subs, "benchmark", "measure latency, images/s and peak memory of a model on this machine",
-             "fcnseg benchmark --arch fcn8s --backbone vgg16 --size 500x500 --dtype bf16 --mode infer")
-    p.add_argument("--arch", default="fcn8s", help="fcn32s | fcn16s | fcn8s | fcn8s-atonce | fcn4s")
-    p.add_argument("--backbone", default="vgg16", help="see `fcnseg models`")
-    p.add_argument("--geometry", default="aligned", help="aligned | caffe (VGG only)")
-    p.add_argument("--num-classes", type=int, default=21)
-    p.add_argument("--size", default="500x500", help="input HxW (default 500x500)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 (autocast; the loss stays fp32) | int8 (CPU inference: "
-                   "quantized backbone, calibrated on the benchmark input)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--mode", default="infer", help="infer (fcnseg's Predictor) | train (one SGD step)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (default 5)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="memory format (default: the measured faster one for the device and mode; "
-                        "on CPUs without AVX-512 training runs NCHW)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (infer mode)")
-    p.add_argument("--checkpointing", action="store_true",
-                   help="activation checkpointing of the backbone stages (train mode: less memory, more time)")
-    p.add_argument("--step-in-backward", action="store_true",
-                   help="train mode: update each parameter inside backward and free its gradient (less memory)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.set_defaults(func=cmd_benchmark)
-
-
 def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str = "aligned", num_classes: int = 21,
                   size: tuple[int, int] = (500, 500), batch: int = 1, dtype: str = "fp32", device: str = "auto",
                   mode: str = "infer", repeats: int = 5, warmup: int = 1, channels_last: bool | str | None = "auto",
                   compile: bool = False, checkpointing: bool = False,
                   step_in_backward: bool = False) -> dict:  # noqa: A002
     """Measure one configuration; returns the figures ``fcnseg benchmark`` prints."""
-    from .inference import Predictor, resolve_channels_last, select_device
-    from .models import build_model
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if mode not in ("infer", "train"):
@@ -174,7 +133,6 @@ def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str
     except ValueError as e:
         raise UserError(str(e)) from None
     if checkpointing:
-        from .checkpointing import enable_activation_checkpointing
         enable_activation_checkpointing(model)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, *size, generator=g)
@@ -203,29 +161,3 @@ def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str
     else:
         result["peak_mib"], result["peak_kind"] = peak_rss_mib(), "process RSS high-water mark"
     return result
-
-
-def format_result(r: dict) -> str:
-    n, c, h, w = r["input"]
-    opts = [o for o, on in (("channels_last", r["channels_last"]), ("checkpointing", r["checkpointing"]),
-                            ("step in backward", r.get("step_in_backward")), ("compile", r["compile"])) if on]
-    return "\n".join([
-        f"model       {r['model']}, {r['params'] / 1e6:.1f} M parameters",
-        f"setting     {r['mode']}, {n}×{c}×{h}×{w}, {r['dtype']}, {r['device']} ({r['threads']} threads)"
-        + (f", {', '.join(opts)}" if opts else ""),
-        f"latency     min {r['min_s'] * 1e3:.1f} ms, median {r['median_s'] * 1e3:.1f} ms per batch "
-        f"({r['repeats']} repeats after warm-up)",
-        f"throughput  {r['images_per_s']:.2f} images/s",
-        f"peak memory {r['peak_mib']:.0f} MiB ({r['peak_kind']})",
-    ])
-
-
-def cmd_benchmark(args) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    r = run_benchmark(arch=args.arch, backbone=args.backbone, geometry=args.geometry, num_classes=args.num_classes,
-                      size=parse_size(args.size), batch=args.batch, dtype=args.dtype, device=args.device,
-                      mode=args.mode, repeats=args.repeats, warmup=args.warmup, channels_last=args.channels_last,
-                      compile=args.compile, checkpointing=args.checkpointing,
-                      step_in_backward=args.step_in_backward)
-    print(format_result(r))

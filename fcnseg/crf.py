@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from .errors import UserError
 
@@ -19,7 +21,7 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, *, max_side: int | None 
     ``max_side``: run the CRF on a copy whose longer side is at most this many pixels (image and probabilities
     resized, the spatial kernel widths scaled alike), then upsample its marginals to H×W — inference time falls with
     the pixel count (CCP, 836×550 with 59 labels: several seconds per image at full size)."""
-    try:
+    try:  # lazy: an optional extra
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import unary_from_softmax
     except ImportError:
@@ -29,8 +31,6 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, *, max_side: int | None 
     c, h, w = probs.shape
     full, scale = (h, w), 1.0
     if max_side and max(h, w) > max_side:
-        import torch.nn.functional as F
-        from torchvision.transforms.v2 import functional as TF
         scale = max_side / max(h, w)
         size = [max(1, round(h * scale)), max(1, round(w * scale))]
         image = TF.resize(image, size, antialias=True)
@@ -44,6 +44,5 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, *, max_side: int | None 
                            compat=p["bilateral_compat"])
     q = torch.from_numpy(np.array(d.inference(p["iterations"]), dtype=np.float32).reshape(c, h, w))
     if scale != 1.0:
-        import torch.nn.functional as F
         q = F.interpolate(q[None], size=list(full), mode="bilinear", align_corners=False)[0]
     return q.argmax(0).to(torch.int64)

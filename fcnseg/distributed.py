@@ -5,6 +5,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 
 def is_distributed() -> bool:
@@ -68,3 +69,9 @@ def broadcast_float(x: float) -> float:
     t = torch.tensor([x], dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.broadcast(t, src=0)
     return float(t)
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0) -> tqdm:
+    """A tqdm bar on rank 0 only (every rank would draw its own)."""
+    return tqdm(total=total, initial=initial, desc=desc, disable=not (enabled and is_main()), dynamic_ncols=True,
+                leave=False)

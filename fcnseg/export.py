@@ -14,15 +14,17 @@ ONNX metadata (``metadata_props``, values are JSON): ``fcnseg.classes``, ``fcnse
 from __future__ import annotations
 
 import json
-import os
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .data import default_palette
 from .errors import UserError
+from .files import atomic_path
+from .models import model_spec
+from .train.checkpoint import model_from_checkpoint
 
 FORMATS = ("onnx", "torchscript")
 # traced at one size, verified at others (odd sizes and a batch of 2) so that a size baked into the graph shows up
@@ -52,8 +54,6 @@ class Exportable(nn.Module):
 
 def metadata(model: nn.Module, ckpt: dict) -> dict[str, str]:
     """The metadata both formats carry, as JSON strings."""
-    from .models import model_spec
-    from .data import default_palette
     palette = model.palette or default_palette(model.num_classes)
     backbone = getattr(model, "backbone_name", "")
     return {
@@ -107,27 +107,18 @@ def verify(reference: nn.Module, run, shapes=VERIFY_SHAPES, min_agreement: float
     return results
 
 
-def _tmp_path(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # not mkstemp: its 0600 mode would survive the rename, and a server running as another user could not read the
-    # model; a file opened here gets the usual 0666 & ~umask
-    return out.with_name(f".{out.name}.tmp{os.getpid()}")
-
-
 def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, *, opset: int = OPSET,
                 shapes=VERIFY_SHAPES, min_agreement: float | None = None) -> list[dict]:
-    """Export ``model`` (from :func:`fcnseg.engine.model_from_checkpoint`) to ONNX at ``out``; verify with
+    """Export ``model`` (from :func:`fcnseg.train.checkpoint.model_from_checkpoint`) to ONNX at ``out``; verify with
     onnxruntime first (see :func:`verify`) and write ``out`` only when verification passes."""
-    try:
+    try:  # lazy: an optional extra
         import onnx
         import onnxruntime as ort
     except ImportError as e:
         raise UserError(f"ONNX export needs onnx and onnxruntime ({e.name} is missing): pip install "
                         "'fcnseg[export]'") from None
-    out = Path(out)
     wrapped = Exportable(model).eval()
-    tmp = _tmp_path(out)
-    try:
+    with atomic_path(out) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches; verified below
             # The TorchScript-based exporter (dynamo=False) records the head's size arithmetic as Shape/Slice/Resize
@@ -149,9 +140,6 @@ def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, *, opset: int = O
         session = None  # release onnxruntime's copy of the weights before saving (VGG: ~0.5 GB)
         _set_props(proto, {"fcnseg.verification": json.dumps(results)})
         onnx.save(proto, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return results
 
 
@@ -169,10 +157,8 @@ def export_torchscript(model: nn.Module, ckpt: dict, out: str | Path, *, shapes=
                        min_agreement: float | None = None) -> list[dict]:
     """Export ``model`` as a traced TorchScript module (``torch.jit.load`` it; same input and output as the ONNX
     graph); verified after a save/load round trip and written to ``out`` only when verification passes."""
-    out = Path(out)
     wrapped = Exportable(model).eval()
-    tmp = _tmp_path(out)
-    try:
+    with atomic_path(out) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(wrapped, (torch.zeros(TRACE_SHAPE),), check_trace=False)
@@ -184,9 +170,6 @@ def export_torchscript(model: nn.Module, ckpt: dict, out: str | Path, *, shapes=
             warnings.simplefilter("ignore")
             meta["fcnseg.verification"] = json.dumps(results)
             torch.jit.save(traced, str(tmp), _extra_files={"fcnseg.json": json.dumps(meta)})
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return results
 
 
@@ -195,32 +178,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
     """Load ``checkpoint`` and export it (``format``: onnx | torchscript); returns the verification results."""
     if format not in FORMATS:
         raise UserError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
-    from .engine import model_from_checkpoint
     model, ckpt = model_from_checkpoint(checkpoint)
     model = model.eval().float().cpu()
     fn = export_onnx if format == "onnx" else export_torchscript
     return fn(model, ckpt, out, **kwargs)
-
-
-def add_parser(subs, sub) -> None:
-    p = sub(subs, "export", "export a checkpoint to ONNX or TorchScript (input: float RGB 0..255 N×3×H×W, "
-            "normalisation folded in; dynamic batch/height/width), verified against PyTorch",
-            "fcnseg export runs/camvid/best.pt --format onnx --out camvid.onnx")
-    p.add_argument("checkpoint")
-    p.add_argument("--format", default="onnx", choices=FORMATS,
-                   help="onnx (default) | torchscript (traced; torch.jit.load it)")
-    p.add_argument("--out", help="output file (default: CKPT with .onnx / .torchscript.pt)")
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_export(args) -> None:
-    ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else ckpt.with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt")
-    t0 = time.monotonic()
-    kwargs = {"opset": args.opset} if args.format == "onnx" else {}
-    results = export_checkpoint(ckpt, out, format=args.format, **kwargs)
-    for r in results:
-        print(f"verified {'×'.join(map(str, r['shape']))}: max |Δ| {r['max_abs_diff']:.3g} (relative "
-              f"{r['rel_diff']:.3g}), argmax agreement {r['argmax_agreement']:.4%}")
-    print(f"written: {out} ({out.stat().st_size / 2**20:.1f} MiB, {time.monotonic() - t0:.1f} s)")

@@ -14,14 +14,18 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torch.ao.quantization import (HistogramObserver, QConfig, default_per_channel_weight_observer,
+                                   get_default_qconfig_mapping)
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from .errors import UserError
-from .inference import _cpu_flags
+from .models.backbones.vgg import GemmConv2d
+from .runtime import _cpu_flags
 
 SUPPORTED = ("vgg", "resnet")
 
 
-def _check(model: nn.Module) -> None:
+def check_int8_supported(model: nn.Module) -> None:
     name = getattr(model.backbone, "name", type(model.backbone).__name__)
     if not str(name).startswith(SUPPORTED):
         raise UserError(f"int8 inference supports VGG and ResNet backbones, not {name}; use --amp none or bf16")
@@ -33,8 +37,6 @@ def qconfig_mapping(engine: str):
     """torch's default for the engine, except that activations use the full 8-bit range on CPUs with VNNI (no
     intermediate overflow there; torch's default keeps 7 bits for older CPUs). Measured on FCN-8s VGG16 caffe
     geometry, random weights, 500×500: argmax agreement with fp32 99.868% (7-bit) → 99.929% (8-bit)."""
-    from torch.ao.quantization import (HistogramObserver, QConfig, default_per_channel_weight_observer,
-                                       get_default_qconfig_mapping)
     mapping = get_default_qconfig_mapping(engine)
     if {"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags():
         mapping.set_global(QConfig(activation=HistogramObserver.with_args(reduce_range=False),
@@ -44,13 +46,10 @@ def qconfig_mapping(engine: str):
 
 def prepare_int8(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A float copy of ``model`` (CPU, eval) whose backbone records activation ranges as it runs (calibration)."""
-    from torch.ao.quantization.quantize_fx import prepare_fx
-
-    _check(model)
+    check_int8_supported(model)
     engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
     torch.backends.quantized.engine = engine
     q = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
-    from .backbones.vgg import GemmConv2d
     for name, m in list(q.backbone.named_modules()):  # torch.ao quantizes nn.Conv2d modules
         if isinstance(m, GemmConv2d):
             parent, _, child = name.rpartition(".")
@@ -64,8 +63,6 @@ def prepare_int8(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 def convert_int8(model: nn.Module) -> nn.Module:
     """Turn a calibrated ``prepare_int8`` model into the int8 one (in place; returned for convenience)."""
-    from torch.ao.quantization.quantize_fx import convert_fx
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.backbone = convert_fx(model.backbone)

@@ -15,7 +15,6 @@ file name is only echoed back, sanitised — never used as a path.
 # no ``from __future__ import annotations``: FastAPI reads the endpoint annotations (Request) at run time
 import base64
 import io
-import ipaddress
 import json
 import re
 import threading
@@ -24,8 +23,16 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import __version__
+from .data import default_palette
+from .data.io import to_8bit
 from .errors import UserError
+from .inference import Predictor, resized_size
+from .train.checkpoint import model_from_checkpoint
+from .viz import overlay, to_pil
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_PIXELS = 40_000_000  # decompression-bomb guard: a 40 MP image is ~120 MB of RGB before the model runs
@@ -58,9 +65,6 @@ def safe_name(name: str | None) -> str:
 def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """Uploaded bytes → uint8 RGB 3×H×W (EXIF orientation applied, as browsers show it); :class:`HTTPError` 415 /
     400 / 413 for non-images, undecodable images and oversized images."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from .data.io import to_8bit
     kind = sniff_image(data)
     if kind is None:
         raise HTTPError(415, f"{name} is not a supported image (PNG, JPEG, GIF, BMP, TIFF, WebP, PNM)")
@@ -89,7 +93,6 @@ def png_bytes(im) -> bytes:
 
 def index_png(mask: torch.Tensor, palette) -> bytes:
     """A palette PNG (pixel value = class index, shown in the class colours), as bytes."""
-    from PIL import Image
     im = Image.fromarray(mask.to(torch.uint8).numpy(), mode="P")
     flat = [int(v) for c in palette for v in c][:768]
     im.putpalette(flat + [0] * (768 - len(flat)))
@@ -101,8 +104,6 @@ class TorchSegmenter:
     """A checkpoint through :class:`fcnseg.inference.Predictor` (the same path ``fcnseg predict`` takes)."""
 
     def __init__(self, path: Path, device: str = "auto", amp: str = "auto"):
-        from .engine import model_from_checkpoint
-        from .inference import Predictor
         model, ckpt = model_from_checkpoint(path)
         self.predictor = Predictor(model, device, amp=amp)
         self.resize = (ckpt.get("config") or {}).get("resize")
@@ -120,7 +121,7 @@ class OnnxSegmenter:
     """An ``.onnx`` file written by ``fcnseg export`` (input: float RGB 0..255, normalisation folded in)."""
 
     def __init__(self, path: Path):
-        try:
+        try:  # lazy: an optional extra
             import onnxruntime as ort
         except ImportError:
             raise UserError("serving an .onnx file needs onnxruntime: pip install 'fcnseg[export]'") from None
@@ -145,11 +146,9 @@ class OnnxSegmenter:
                      "num_classes": len(self.classes), "normalization": norm, "device": "cpu (onnxruntime)"}
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
         h, w = image.shape[-2:]
         x = image.float()[None]
         if self.resize:
-            from .inference import resized_size
             x = F.interpolate(x, size=resized_size(h, w, self.resize), mode="bilinear", align_corners=False,
                               antialias=True)
         xh, xw = x.shape[-2:]
@@ -164,7 +163,6 @@ class OnnxSegmenter:
 
 
 def _palette(palette, n: int) -> list[list[int]]:
-    from .data import default_palette
     palette = [list(map(int, c)) for c in (palette or [])]
     return palette + [list(c) for c in default_palette(n)][len(palette):n]
 
@@ -229,7 +227,7 @@ class BodyLimit:
 def create_app(model_path: str | Path, *, max_upload_mb: float = 20.0, device: str = "auto", amp: str = "auto",
                max_pixels: int = MAX_PIXELS):
     """The FastAPI app serving ``model_path`` (a checkpoint or an ``.onnx`` export), loaded once, here."""
-    try:
+    try:  # lazy: an optional extra
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -238,7 +236,6 @@ def create_app(model_path: str | Path, *, max_upload_mb: float = 20.0, device: s
         from starlette.formparsers import MultiPartException
     except ImportError as e:
         raise UserError(f"fcnseg serve needs {e.name}: pip install 'fcnseg[serve]'") from None
-    from .viz import overlay, to_pil
 
     segmenter = load_segmenter(model_path, device, amp)
     limit = int(max_upload_mb * 2**20)
@@ -247,7 +244,7 @@ def create_app(model_path: str | Path, *, max_upload_mb: float = 20.0, device: s
     model_info = {"file": Path(model_path).name, **segmenter.info, "classes": segmenter.classes,
                   "palette": segmenter.palette}
 
-    app = FastAPI(title="fcnseg", version=__import__("fcnseg").__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(title="fcnseg", version=__version__, docs_url=None, redoc_url=None)
     app.state.segmenter = segmenter
     app.add_middleware(BodyLimit, limit=limit + MULTIPART_OVERHEAD,
                        message=f"upload too large: the limit is {max_upload_mb:g} MB (restart the server with "
@@ -347,39 +344,3 @@ def _choose_format(query: str | None, accept: str) -> str:
     if "image/png" in accept and "application/json" not in accept:
         return "png"
     return "json"  # the default, also for */*
-
-
-# -------------------------------------------------------------------------------------------------------- CLI
-def add_parser(subs, sub) -> None:
-    p = sub(subs, "serve", "a web page and HTTP API (POST /segment, GET /healthz) for a checkpoint or an .onnx "
-            "export", "fcnseg serve runs/camvid/best.pt --port 8000")
-    p.add_argument("model", help="checkpoint (.pt) or ONNX file written by fcnseg export")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (MB)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (checkpoints only)")
-    p.set_defaults(func=cmd_serve)
-
-
-def cmd_serve(args) -> None:
-    try:
-        import uvicorn
-    except ImportError:
-        raise UserError("fcnseg serve needs uvicorn: pip install 'fcnseg[serve]'") from None
-    if not 0 < args.port < 65536:
-        raise UserError(f"--port must be 1-65535, got {args.port}")
-    app = create_app(args.model, max_upload_mb=args.max_upload_mb, device=args.device)
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"fcnseg serve: {args.model} at http://{host}:{args.port}/ (Ctrl-C to stop)", flush=True)
-    if not _is_loopback(args.host):
-        print(f"warning: listening on {args.host}: anyone who can reach this machine can upload images", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

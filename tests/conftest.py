@@ -1,9 +1,12 @@
-"""Shared fixtures: the ../shared data folder, and pytorch-fcn imported without its training-time dependencies."""
+"""Shared fixtures: the ../shared data folder, pytorch-fcn imported without its training-time dependencies, and the
+makers several test modules use (a checkpoint, a CLI process, a free port)."""
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import os
+import socket
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -44,3 +47,82 @@ def torchfcn(monkeypatch):
     models = importlib.import_module("torchfcn.models")
     utils = importlib.import_module("torchfcn.utils")
     return types.SimpleNamespace(models=models, utils=utils)
+
+
+# ------------------------------------------------------------------------------------------ shared makers
+def _make_checkpoint(path: Path, *, arch="fcn8s", backbone="resnet18", geometry="aligned", global_context=False,
+                     classes=None, palette=None, config=None, seed=0, head=None) -> Path:
+    """A checkpoint as training writes it, without training. ``path``: the file, or a folder to name it in.
+
+    ``head``: None leaves the score layers as built (zeros: the model predicts class 0 everywhere); ``"random"``
+    draws them (weights N(0, 0.05), biases N(0, 0.02)); ``"calibrated"`` also measures the BatchNorm statistics on
+    random images and centres each class's mean logit (at their defaults, deep random nets such as Inception produce
+    logits of ~1e7 whose argmax is one class everywhere, which would make any comparison trivial)."""
+    from fcnseg.data.synthetic import CLASSES, PALETTE
+    import fcnseg
+    classes = list(CLASSES if classes is None else classes)
+    palette = PALETTE if palette is None else palette
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"{arch}-{backbone}-{geometry}{'-gc' if global_context else ''}.pt"
+    torch.manual_seed(seed)
+    model = fcnseg.build_model(arch, backbone=backbone, num_classes=len(classes), geometry=geometry,
+                               global_context=global_context)
+    if head == "random":
+        with torch.no_grad():
+            for name in model.score_layers():
+                getattr(model, name).weight.normal_(0, 0.05)
+                getattr(model, name).bias.normal_(0, 0.02)
+    elif head == "calibrated":
+        _calibrate(model)
+    torch.save({"model": model.state_dict(), "model_spec": fcnseg.model_spec(model), "classes": classes,
+                "palette": [list(c) for c in palette], "config": config or {}, "iteration": 0}, path)
+    return path
+
+
+def _calibrate(model: torch.nn.Module) -> None:
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    calibration = lambda: model(model.normalization(torch.randint(0, 256, (2, 3, 160, 192)).float()))  # noqa: E731
+    with torch.no_grad():
+        if bns:
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration batches
+            model.train()
+            calibration()
+            calibration()
+            for m in bns:
+                m.momentum = 0.1
+        model.eval()
+        for name in model.score_layers():
+            layer = getattr(model, name)
+            layer.weight.normal_(0, 0.05)
+            layer.bias.zero_()
+        # centre each class's mean logit, so that the argmax depends on the image rather than on one class winning
+        # everywhere (what random VGG features, all positive after ReLU, do)
+        model.score_fr.bias.sub_(calibration().mean((0, 2, 3)))
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint():
+    """``make_checkpoint(path, **options)``: see ``_make_checkpoint``."""
+    return _make_checkpoint
+
+
+def _run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fcnseg", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(*args, cwd=None)``: ``python -m fcnseg ARGS`` in a real process (captured output)."""
+    return _run_cli
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

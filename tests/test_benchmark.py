@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from fcnseg.benchmark import parse_size
+from fcnseg.cli.benchmark import parse_size
 from fcnseg.cli import main
 from fcnseg.errors import UserError
 

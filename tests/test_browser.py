@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -18,11 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-import fcnseg
 from fcnseg.data import get_dataset
 from fcnseg.data.synthetic import CLASSES, PALETTE
 
-from test_serve import make_checkpoint  # one checkpoint maker for the serving tests  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -32,14 +29,12 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, make_checkpoint, free_port):
     """uvicorn serving a checkpoint on 127.0.0.1 and a free port, in a background thread."""
     uvicorn = pytest.importorskip("uvicorn")
     from fcnseg.serve import create_app
-    app = create_app(make_checkpoint(tmp_path), amp="none")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    app = create_app(make_checkpoint(tmp_path, head="random"), amp="none")
+    port = free_port
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

@@ -35,8 +35,8 @@ def test_crf_snaps_noisy_scores_to_image_regions():
 
 def test_evaluate_reports_with_and_without_crf(tmp_path):
     from fcnseg.cli import main
-    from fcnseg.config import resolve_config
-    from fcnseg.engine import train
+    from fcnseg.train.config import resolve_config
+    from fcnseg.train.loop import train
     cfg = resolve_config("demo", None, {"out": str(tmp_path / "run"), "max_iters": 2, "workers": 0, "batch_size": 2,
                                         "data_options": {"length": 4, "size": [48, 64]},
                                         "val_data_options": {"length": 2}})

@@ -10,11 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fcnseg
 from fcnseg import export
 from fcnseg.cli import main
-from fcnseg.engine import model_from_checkpoint
 from fcnseg.errors import UserError
+from fcnseg.train.checkpoint import model_from_checkpoint
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -24,38 +23,10 @@ PALETTE = [[0, 0, 0], [128, 64, 128], [0, 0, 142]]
 FRESH_SHAPE = (1, 3, 83, 109)  # neither the tracing size nor a verification size
 
 
-def make_checkpoint(tmp_path, backbone="resnet18", arch="fcn8s", geometry="aligned", classes=CLASSES,
-                    palette=PALETTE, seed=0, global_context=False):
-    """A checkpoint as engine saves it, without training: random backbone, random (non-zero) score layers and
-    batch-norm statistics measured on random images (at their defaults, deep random nets such as Inception produce
-    logits of ~1e7 whose argmax is one class everywhere, which would make any comparison trivial)."""
-    torch.manual_seed(seed)
-    model = fcnseg.build_model(arch, backbone=backbone, num_classes=len(classes), geometry=geometry,
-                               global_context=global_context)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    calibration = lambda: model(model.normalization(torch.randint(0, 256, (2, 3, 160, 192)).float()))  # noqa: E731
-    with torch.no_grad():
-        if bns:
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average over the calibration batches
-            model.train()
-            calibration()
-            calibration()
-            for m in bns:
-                m.momentum = 0.1
-        model.eval()
-        for name in model.score_layers():
-            layer = getattr(model, name)
-            layer.weight.normal_(0, 0.05)
-            layer.bias.zero_()
-        # centre each class's mean logit, so that the argmax depends on the image rather than on one class winning
-        # everywhere (what random VGG features, all positive after ReLU, do)
-        model.score_fr.bias.sub_(calibration().mean((0, 2, 3)))
-    path = tmp_path / f"{arch}-{backbone}-{geometry}{'-gc' if global_context else ''}.pt"
-    torch.save({"model": model.state_dict(), "model_spec": fcnseg.model_spec(model), "classes": list(classes),
-                "palette": [list(c) for c in palette], "config": {}, "iteration": 0}, path)
-    return path
+@pytest.fixture
+def make_checkpoint(make_checkpoint):
+    """Checkpoints whose argmax depends on the image (see conftest), with this module's classes."""
+    return lambda folder, **kw: make_checkpoint(folder, classes=CLASSES, palette=PALETTE, head="calibrated", **kw)
 
 
 def reference(ckpt_path, x):
@@ -73,7 +44,7 @@ def agreement(a, b):
     return (a.argmax(1) == b.argmax(1)).double().mean().item()
 
 
-def test_onnx_export_cli_metadata_dynamic_axes_and_parity(tmp_path, capsys):
+def test_onnx_export_cli_metadata_dynamic_axes_and_parity(tmp_path, make_checkpoint, capsys):
     ckpt = make_checkpoint(tmp_path)
     out = tmp_path / "out" / "model.onnx"
     assert main([*f"export {ckpt} --format onnx --out {out}".split()]) == 0
@@ -106,7 +77,7 @@ def test_onnx_export_cli_metadata_dynamic_axes_and_parity(tmp_path, capsys):
     assert len(ref.argmax(1).unique()) > 1  # the comparison is not between two constant maps
 
 
-def test_torchscript_export_round_trip(tmp_path):
+def test_torchscript_export_round_trip(tmp_path, make_checkpoint):
     ckpt = make_checkpoint(tmp_path)
     out = tmp_path / "model.pt"
     assert main(["export", str(ckpt), "--format", "torchscript", "--out", str(out)]) == 0
@@ -122,7 +93,7 @@ def test_torchscript_export_round_trip(tmp_path):
     assert (got - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())
 
 
-def test_failed_verification_writes_nothing(tmp_path, monkeypatch, capsys):
+def test_failed_verification_writes_nothing(tmp_path, make_checkpoint, monkeypatch, capsys):
     ckpt = make_checkpoint(tmp_path)
     out = tmp_path / "out" / "model.onnx"
     monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)  # unattainable: the failure path must run
@@ -133,7 +104,7 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("fmt", export.FORMATS)
-def test_size_baked_into_graph_is_caught(tmp_path, fmt):
+def test_size_baked_into_graph_is_caught(tmp_path, make_checkpoint, fmt):
     """A model whose output size is read as a Python int traces to a fixed-size graph: verification at other
     sizes must refuse it."""
     ckpt = make_checkpoint(tmp_path)
@@ -175,11 +146,11 @@ CASES = [
 
 
 @pytest.mark.parametrize("arch,backbone,geometry", CASES)
-def test_onnx_export_verifies_for_every_backbone(tmp_path, arch, backbone, geometry):
+def test_onnx_export_verifies_for_every_backbone(tmp_path, make_checkpoint, arch, backbone, geometry):
     assert_onnx_export_agrees(make_checkpoint(tmp_path, backbone=backbone, arch=arch, geometry=geometry), tmp_path)
 
 
-def test_onnx_export_verifies_with_the_image_level_branch(tmp_path):
+def test_onnx_export_verifies_with_the_image_level_branch(tmp_path, make_checkpoint):
     ckpt = make_checkpoint(tmp_path, arch="fcn4s", global_context=True)
     model, _ = model_from_checkpoint(ckpt)
     assert model.score_global.weight.abs().sum() > 0  # the branch contributes to the logits being compared

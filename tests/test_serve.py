@@ -5,7 +5,6 @@ import base64
 import io
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -15,32 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-import fcnseg
 from fcnseg.cli import main
 from fcnseg.data import get_dataset
 from fcnseg.data.synthetic import CLASSES, PALETTE
-from fcnseg.engine import model_from_checkpoint
 from fcnseg.inference import Predictor
+from fcnseg.train.checkpoint import model_from_checkpoint
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from fcnseg.serve import create_app  # noqa: E402
-
-
-def make_checkpoint(tmp_path, backbone="resnet18", arch="fcn8s", classes=CLASSES, palette=PALETTE, seed=0):
-    """A checkpoint as engine saves it, without training: random weights, random (non-zero) score layers."""
-    torch.manual_seed(seed)
-    model = fcnseg.build_model(arch, backbone=backbone, num_classes=len(classes))
-    with torch.no_grad():
-        for name in model.score_layers():
-            getattr(model, name).weight.normal_(0, 0.05)
-            getattr(model, name).bias.normal_(0, 0.02)
-    path = tmp_path / f"{arch}-{backbone}.pt"
-    torch.save({"model": model.state_dict(), "model_spec": fcnseg.model_spec(model), "classes": list(classes),
-                "palette": [list(c) for c in palette], "config": {}, "iteration": 0}, path)
-    return path
 
 
 def png(image: torch.Tensor) -> bytes:
@@ -50,8 +34,8 @@ def png(image: torch.Tensor) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("serve"))
+def ckpt(tmp_path_factory, make_checkpoint):
+    return make_checkpoint(tmp_path_factory.mktemp("serve"), head="random")
 
 
 @pytest.fixture(scope="module")
@@ -189,15 +173,9 @@ def test_missing_model_is_a_user_error(tmp_path, capsys):
     assert "nope.pt" in err and len(err.strip().splitlines()) == 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_cli_serve_prints_url_and_answers(ckpt):
+def test_cli_serve_prints_url_and_answers(ckpt, free_port):
     import httpx
-    port = free_port()
+    port = free_port
     proc = subprocess.Popen([sys.executable, "-m", "fcnseg", "serve", str(ckpt), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -218,13 +196,13 @@ def test_cli_serve_prints_url_and_answers(ckpt):
 
 
 @pytest.mark.slow
-def test_onnx_inception_pads_images_below_its_minimum(tmp_path):
+def test_onnx_inception_pads_images_below_its_minimum(tmp_path, make_checkpoint):
     """Exported Inception graphs need H, W >= 75 (fcnseg.min_size); the server pads smaller images with the colour
     that normalises to zero, as the PyTorch backbone does, and crops the result back."""
     from fcnseg.export import export_checkpoint
     from fcnseg.serve import load_segmenter
     pytest.importorskip("onnxruntime")
-    ckpt = make_checkpoint(tmp_path, backbone="inception_v3")
+    ckpt = make_checkpoint(tmp_path, backbone="inception_v3", head="random")
     export_checkpoint(ckpt, tmp_path / "m.onnx", format="onnx")
     segmenter = load_segmenter(tmp_path / "m.onnx")
     assert segmenter.min_size == 75

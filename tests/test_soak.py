@@ -8,7 +8,6 @@ import collections
 import io
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -18,20 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_bad_inputs import make_checkpoint
-
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
 MAX_UPLOAD_MB = 1
 RSS_GROWTH_LIMIT_MB = 200
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SYNTHETIC_CONFIG = {"data": "synthetic", "val_split": "val", "data_options": {"size": [40, 48]},
+                    "val_data_options": {"length": 2}}
 
 
 def rss_mb(pid: int) -> float:
@@ -67,9 +60,7 @@ def payloads() -> list[tuple[str, dict, tuple[int, int] | None, int]]:
     return out
 
 
-def soak(tmp_path: Path, requests: int, seed: int = 0) -> dict:
-    ckpt = make_checkpoint(tmp_path / "model.pt")
-    port = free_port()
+def soak(tmp_path: Path, ckpt: Path, port: int, requests: int, seed: int = 0) -> dict:
     log = open(tmp_path / "server.log", "wb")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
     server = subprocess.Popen([sys.executable, "-m", "fcnseg", "serve", str(ckpt), "--host", "127.0.0.1", "--port",
@@ -144,10 +135,11 @@ def check_figures(figures: dict) -> None:
     assert figures["rss_growth_mb"] < RSS_GROWTH_LIMIT_MB, figures
 
 
-def test_soak_100_requests(tmp_path):
-    check_figures(soak(tmp_path, 100))
+def test_soak_100_requests(tmp_path, make_checkpoint, free_port):
+    check_figures(soak(tmp_path, make_checkpoint(tmp_path / "model.pt", config=SYNTHETIC_CONFIG), free_port, 100))
 
 
 @pytest.mark.slow
-def test_soak_1000_requests(tmp_path):
-    check_figures(soak(tmp_path, 1000, seed=1))
+def test_soak_1000_requests(tmp_path, make_checkpoint, free_port):
+    check_figures(soak(tmp_path, make_checkpoint(tmp_path / "model.pt", config=SYNTHETIC_CONFIG), free_port, 1000,
+                       seed=1))

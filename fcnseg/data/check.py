@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tqdm import tqdm
+
 from ..errors import UserError
+from . import get_dataset
 from .base import PairedFileDataset, SegmentationDataset
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -68,7 +71,6 @@ def _check_mask(ds: SegmentationDataset, where: str, raw: np.ndarray, train: np.
 
 def check_dataset(ds: SegmentationDataset, *, progress: bool = True) -> list[str]:
     """Read every sample of ``ds`` once; return one line per problem found (empty list: all good)."""
-    from tqdm import tqdm
 
     problems: list[str] = []
     n = len(ds)
@@ -118,7 +120,6 @@ def check_dataset(ds: SegmentationDataset, *, progress: bool = True) -> list[str
 
 def check_split(name: str, root, split: str, *, progress: bool = True, **options) -> list[str]:
     """Build dataset ``name`` and check it; a construction error (missing folder, empty split) is a problem too."""
-    from . import get_dataset
     try:
         ds = get_dataset(name, root, split, **options)
     except UserError as e:

@@ -19,6 +19,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from ..errors import UserError
 
 CHUNK = 1 << 20
@@ -139,7 +141,6 @@ def fetch(url: str, dest: Path, *, progress: bool = True, timeout: float = 60.0)
         start = have if resumed else 0
         length = resp.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
-        from tqdm import tqdm
         try:
             with open(part, mode) as f, tqdm(total=total, initial=start, unit="B", unit_scale=True,
                                              desc=dest.name, file=sys.stderr, disable=not progress) as bar:

@@ -4,8 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_image, read_file
 
 from ..errors import UserError
 
@@ -21,7 +23,6 @@ def read_image(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
-    from torchvision.io import ImageReadMode, decode_image, read_file
     try:  # torchvision's libjpeg-turbo/libpng decoders are the fast path
         img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
         if img.dtype == torch.uint8 and img.ndim == 3 and img.shape[0] == 3:
@@ -76,7 +77,6 @@ def read_index_mask(path: str | Path) -> np.ndarray:
 
 def read_mat_variable(path: str | Path, name: str) -> np.ndarray:
     """One variable from a MATLAB .mat file (v5, as CCP and SBD ship them)."""
-    import scipy.io
     path = Path(path)
     if not path.is_file():
         raise UserError(f"file not found: {path}")

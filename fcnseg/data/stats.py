@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from ..files import write_text
 from .base import PairedFileDataset, SegmentationDataset
 
 
@@ -24,8 +26,6 @@ def _train_mask(ds: SegmentationDataset, i: int) -> np.ndarray:
 
 def class_stats(ds: SegmentationDataset, *, progress: bool = True) -> dict:
     """Count the classes of every mask in ``ds`` → a dict with the keys ``write_stats`` stores (plus notes)."""
-    from tqdm import tqdm
-
     c = ds.num_classes
     counts = np.zeros(c, dtype=np.int64)
     image_pixels = np.zeros(c, dtype=np.int64)  # total pixels of the images in which each class appears
@@ -63,7 +63,6 @@ def class_stats(ds: SegmentationDataset, *, progress: bool = True) -> dict:
 
 
 def write_stats(stats: dict, path: str | Path) -> Path:
-    """Write ``stats`` as JSON at ``path`` atomically (a temp file in the same folder, then ``os.replace``)."""
-    from ..engine import atomic_write_text
-    atomic_write_text(json.dumps(stats, indent=2) + "\n", path)
+    """Write ``stats`` as JSON at ``path`` atomically (``fcnseg.files``)."""
+    write_text(json.dumps(stats, indent=2) + "\n", path)
     return Path(path)

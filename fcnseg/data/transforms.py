@@ -2,7 +2,7 @@
 
 Images are ``tv_tensors.Image`` and masks ``tv_tensors.Mask``, so torchvision itself resizes masks with nearest
 neighbour (never configurable here: a bilinearly resized mask invents labels) and applies colour jitter to images
-only. Normalisation is not a transform: the engine applies the model's own ``Normalization`` on the device.
+only. Normalisation is not a transform: training applies the model's own ``Normalization`` on the device.
 """
 from __future__ import annotations
 

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from ..files import safe_torch_load
+from ..normalization import CAFFE_BGR, IMAGENET, INCEPTION, VGG16_FEATURES, Normalization
+from .caffemodel import caffemodel_state_dict
+from .matconvnet import matconvnet_state_dict
+from .pytorch_fcn import from_pytorch_fcn
+from .torchvision import from_torchvision, imagenet_state_dict, vgg_features_only
 
 log = logging.getLogger("fcnseg")
 FORMATS = ("fcnseg", "pytorch-fcn", "torchvision", "caffemodel", "matconvnet")
@@ -33,25 +37,6 @@ PYTORCH_FCN_VGG16_MD5 = "aa75b158f4181e7f6230029eb96c1b13"
 # pytorch-fcn checkpoints name their model class; at-once FCN-8s scales its skips, the staged nets do not
 _PYTORCH_FCN_ATONCE = {"FCN8sAtOnce": True, "FCN8s": False, "FCN16s": False}
 _FCNSEG_ATONCE = {"fcn8s-atonce": True, "fcn8s": False, "fcn16s": False, "fcn4s": False}
-
-
-def safe_torch_load(path: str | Path) -> object:
-    """``torch.load(weights_only=True)`` with one-line errors for missing, truncated and unsafe files."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weight file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [e.__class__.__name__]
-        # torch's message opens with advice about weights_only=False; the line naming the refused object says more
-        first = next((line for line in lines if "GLOBAL" in line), lines[0])
-        raise UserError(f"refusing to load {path}: it contains objects other than tensors and plain containers, "
-                        f"which could run code ({first[:160]}); only load files you trust with other tools") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0].split(". ")[0]
-        raise UserError(f"cannot read {path}: {first[:200]} (truncated or corrupt? re-download "
-                        f"or use an earlier checkpoint)") from None
 
 
 def detect_format(path: str | Path) -> str:
@@ -176,7 +161,6 @@ def load_weights(model: nn.Module, path: str | Path, *, format: str | None = Non
                  strict_classes: bool = False) -> dict:
     """Load ``path`` into ``model`` (see the module docstring for formats). Sets ``model.normalization`` to the
     normalisation the weights were trained with. Returns a report (loaded / missing / reinitialized tensors)."""
-    from ..normalization import CAFFE_BGR, IMAGENET, INCEPTION, VGG16_FEATURES
     path = Path(path)
     if format is not None and format not in FORMATS:
         raise UserError(f"unknown weight format {format!r}; valid: {', '.join(FORMATS)}")
@@ -191,14 +175,11 @@ def load_weights(model: nn.Module, path: str | Path, *, format: str | None = Non
                 _check_skip_scaling(model, state, _FCNSEG_ATONCE.get(spec.get("arch")), path)
             report = load_state_into(model, state, path, strict_classes=strict_classes)
             if spec:
-                from ..normalization import Normalization
                 model.normalization = Normalization.from_dict(spec["normalization"])
             return report
-        from .torchvision import from_torchvision, vgg_features_only
         caffe_vgg = ((format == "pytorch-fcn" and "features.0.weight" in state and "conv1_1.weight" not in state)
                      or _pytorch_fcn_vgg16(path, state))
         if fmt == "pytorch-fcn" and not caffe_vgg:
-            from .pytorch_fcn import from_pytorch_fcn
             arch = obj.get("arch") if isinstance(obj, dict) and "model_state_dict" in obj else None
             _check_skip_scaling(model, state, _PYTORCH_FCN_ATONCE.get(arch) if arch else
                                 True if "atonce" in path.name.lower() else None, path)
@@ -214,7 +195,6 @@ def load_weights(model: nn.Module, path: str | Path, *, format: str | None = Non
             model.normalization = INCEPTION if model.backbone.name == "inception_v3" else IMAGENET
         return report
     if fmt == "caffemodel":
-        from .caffemodel import caffemodel_state_dict
         state = caffemodel_state_dict(model, path)
         _check_skip_scaling(model, state, True if any(k.startswith("scale_pool") for k in state) else
                             False if any(k.startswith("score_pool4.") for k in state) else None, path)
@@ -222,7 +202,6 @@ def load_weights(model: nn.Module, path: str | Path, *, format: str | None = Non
         model.normalization = CAFFE_BGR
         return report
     if fmt == "matconvnet":
-        from .matconvnet import matconvnet_state_dict
         state, norm = matconvnet_state_dict(model, path)
         report = load_state_into(model, state, path)
         model.normalization = norm
@@ -234,9 +213,6 @@ def load_pretrained_backbone(model: nn.Module, source: str | Path) -> dict:
     """``pretrained_backbone=``: ``"imagenet"`` → torchvision's weights API (cache, or download when online);
     anything else is a path given to :func:`load_weights`."""
     if str(source) == "imagenet":
-        from .torchvision import imagenet_state_dict
-        from ..normalization import IMAGENET, INCEPTION
-        from .torchvision import from_torchvision
         state = imagenet_state_dict(model.backbone.name)
         report = load_state_into(model, from_torchvision(model, state, f"torchvision:{model.backbone.name}"),
                                  f"torchvision ImageNet weights for {model.backbone.name}")

@@ -17,7 +17,6 @@ would take minutes).
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..files import atomic_write
 
 # wire types (protobuf encoding spec): varint, 64-bit, length-delimited, 32-bit; 3/4 (groups) never occur in Caffe
 VARINT, FIXED64, BYTES, FIXED32 = 0, 1, 2, 5
@@ -255,30 +255,26 @@ def write_caffemodel(path: str | Path, layers: dict[str, list[np.ndarray]], *, v
     The layer type is guessed from the name and the weight's rank (only Caffe itself looks at it). Written to a
     temporary file first, so an interrupted write never leaves a truncated file under ``path``.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            name = b"fcnseg"
-            f.write(_bytes_field(1, len(name)) + name)  # NetParameter.name
-            for layer, blobs in layers.items():
-                kind = _guess_type(layer, blobs)
-                lname = layer.encode()
-                if v1:
-                    pieces = [_bytes_field(4, len(lname)), lname, _tag(5, VARINT), _enc_varint(V1_TYPES[kind])]
-                else:
-                    pieces = [_bytes_field(1, len(lname)), lname, _bytes_field(2, len(kind)), kind.encode()]
-                for blob in blobs:
-                    parts = _blob_pieces(blob, v1)
-                    size = sum(len(p) for p in parts)
-                    pieces += [_bytes_field(6 if v1 else 7, size)] + parts
-                f.write(_bytes_field(2 if v1 else 100, sum(len(p) for p in pieces)))
-                for p in pieces:
-                    f.write(p)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: _write_net(f, layers, v1))
+
+
+def _write_net(f, layers: dict[str, list[np.ndarray]], v1: bool) -> None:
+    name = b"fcnseg"
+    f.write(_bytes_field(1, len(name)) + name)  # NetParameter.name
+    for layer, blobs in layers.items():
+        kind = _guess_type(layer, blobs)
+        lname = layer.encode()
+        if v1:
+            pieces = [_bytes_field(4, len(lname)), lname, _tag(5, VARINT), _enc_varint(V1_TYPES[kind])]
+        else:
+            pieces = [_bytes_field(1, len(lname)), lname, _bytes_field(2, len(kind)), kind.encode()]
+        for blob in blobs:
+            parts = _blob_pieces(blob, v1)
+            size = sum(len(p) for p in parts)
+            pieces += [_bytes_field(6 if v1 else 7, size)] + parts
+        f.write(_bytes_field(2 if v1 else 100, sum(len(p) for p in pieces)))
+        for p in pieces:
+            f.write(p)
 
 
 # ---------------------------------------------------------------------------------------------------- fcnseg names

@@ -14,7 +14,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 import torch
+from scipy.io.matlab import MatReadError
 from torch import nn
 
 from ..errors import UserError
@@ -45,8 +47,6 @@ def _text(x) -> str:
 def read_matconvnet(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[float, float, float]]:
     """A SimpleNN file's conv layers (name → (HxWxINxOUT kernel, bias of OUT values), in file order) and its RGB
     mean pixel (the per-channel mean of ``averageImage``)."""
-    import scipy.io
-    from scipy.io.matlab import MatReadError
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weight file not found: {path}")

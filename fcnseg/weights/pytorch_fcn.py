@@ -4,11 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 
 def from_pytorch_fcn(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename pytorch-fcn keys to fcnseg's: VGG layers go under ``backbone.``, head layers keep their names."""
     if not hasattr(model.backbone, "caffe_names"):
-        from ..errors import UserError
         raise UserError(f"pytorch-fcn weights are VGG16 FCNs; this model's backbone is {model.backbone.name}")
     names = model.backbone.caffe_names()
     out = {}

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.hub import get_dir
+from torchvision.models import get_model_weights
 
 from ..errors import UserError
+from ..files import safe_torch_load
 
 log = logging.getLogger("fcnseg")
 
@@ -19,13 +22,10 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     """The default ImageNet weights of torchvision model ``backbone``: from the TORCH_HOME cache when present,
     downloaded (with torchvision's checksum check) when online; offline and missing → one line saying what to
     fetch and where to put it."""
-    from torch.hub import get_dir
-    from torchvision.models import get_model_weights
     weights = get_model_weights(backbone).DEFAULT
     filename = os.path.basename(weights.url)
     cached = Path(get_dir()) / "checkpoints" / filename
     if cached.is_file():  # torch.hub would unpickle it with weights_only=False, and checks hashes only on download
-        from . import safe_torch_load
         try:
             return safe_torch_load(cached)
         except UserError as e:

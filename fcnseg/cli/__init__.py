@@ -1,0 +1,44 @@
+"""``fcnseg`` — one command for the whole workflow: one module per command (its arguments and what it prints),
+each calling the library."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .. import __version__
+from ..errors import UserError
+from . import benchmark, data, demo, evaluate, export, models, plot, predict, serve, train, visualize
+from .common import Parser
+
+# every command, in the order `fcnseg --help` lists them. export (ONNX), serve and the CRF options need optional
+# packages; their commands are always listed and say what to pip install when they run without them.
+COMMANDS = (demo, train, evaluate, predict, visualize, plot, data, models, export, serve, benchmark)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation.",
+                    epilog="example:\n  fcnseg demo\n  fcnseg train --recipe demo --out runs/demo",
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
+    subs = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command in COMMANDS:
+        command.add_parser(subs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"fcnseg: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fcnseg: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+__all__ = ["build_parser", "main"]

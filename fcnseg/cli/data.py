@@ -1,0 +1,63 @@
+"""``fcnseg data``: check a dataset, count its classes (weights for the loss), download a public one."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..data import get_dataset
+from ..data.check import check_split
+from ..data.download import download
+from ..data.stats import class_stats, write_stats
+from .common import Parser, add_command
+
+
+def add_parser(subs) -> None:
+    p = add_command(subs, "data", "dataset tools: check, stats, download", "fcnseg data check camvid --root DIR")
+    dsubs = p.add_subparsers(dest="data_cmd", required=True, parser_class=Parser)
+    c = add_command(dsubs, "check", "read every sample once and report bad data (exit 1 when anything is wrong)",
+                    "fcnseg data check camvid --root ../shared/datasets/camvid --split train")
+    c.add_argument("name")
+    c.add_argument("--root")
+    c.add_argument("--split", help="one split (default: train and val)")
+    c.set_defaults(func=run_check)
+    s = add_command(dsubs, "stats", "per-class pixel frequencies and class weights (JSON that training reads)",
+                    "fcnseg data stats camvid --root ../shared/datasets/camvid --out camvid-stats.json")
+    s.add_argument("name")
+    s.add_argument("--root")
+    s.add_argument("--split", default="train")
+    s.add_argument("--out", help="JSON path (default: NAME-SPLIT-stats.json)")
+    s.set_defaults(func=run_stats)
+    d = add_command(dsubs, "download", "download and extract a public dataset (resumable, checksummed)",
+                    "fcnseg data download voc2012 --root data/")
+    d.add_argument("name")
+    d.add_argument("--root", required=True)
+    d.set_defaults(func=run_download)
+
+
+def run_check(args: argparse.Namespace) -> None:
+    splits = [args.split] if args.split else (["all"] if args.name == "folder" else ["train", "val"])
+    total = 0
+    for split in splits:
+        problems = check_split(args.name, args.root, split)
+        total += len(problems)
+        print(f"{args.name} {split}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  {p}")
+    if total:
+        print(f"fcnseg: data check found {total} problem(s)", file=sys.stderr)
+        sys.exit(1)
+
+
+def run_stats(args: argparse.Namespace) -> None:
+    stats = class_stats(get_dataset(args.name, args.root, args.split))
+    out = Path(args.out or f"{args.name}-{args.split}-stats.json")
+    write_stats(stats, out)
+    for c, f, w in zip(stats["classes"], stats["frequencies"], stats["median_frequency_weights"]):
+        print(f"{c:>20s}  freq {f:.4f}  median-freq weight {w:.4f}")
+    print(f"written: {out} (train with --class-weights {out})")
+
+
+def run_download(args: argparse.Namespace) -> None:
+    path = download(args.name, args.root)
+    print(f"{args.name} is ready in {path}")

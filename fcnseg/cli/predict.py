@@ -1,0 +1,112 @@
+"""``fcnseg predict``: segment images of any size into palette index PNGs and colour overlays with a legend."""
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data import default_palette
+from ..data.io import read_image
+from ..errors import UserError
+from ..evaluation import restrict_to_classes
+from ..files import atomic_write
+from ..inference import Predictor
+from ..train.checkpoint import model_from_checkpoint
+from ..viz import overlay_with_legend, save_image, save_index_png
+from .common import add_command, predict_options
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def add_parser(subs) -> None:
+    p = add_command(subs, "predict", "segment images of any size: palette index PNGs and colour overlays with a "
+                    "legend", "fcnseg predict runs/camvid/best.pt photos/ 'more/*.jpg' --out predictions/")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out", required=True)
+    p.add_argument("--probs", action="store_true", help="also save class probabilities as .npy (C×H×W float16)")
+    p.add_argument("--tags", help="known classes, comma-separated (e.g. null,skin,hair,dress,shoes): each pixel "
+                   "takes the likeliest of these only; list the background class too (the protocol of "
+                   "`fcnseg evaluate --given-tags`, for photos whose garments are known)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with horizontally flipped predictions (default: the recipe's eval_flip)")
+    p.add_argument("--scales", help="multi-scale averaging, e.g. 0.75,1,1.25 (default: the recipe's eval_scales)")
+    p.add_argument("--window", type=int)
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 | int8 (CPU; VGG/ResNet backbones; "
+                   "calibrates on the first 4 inputs, which run in fp32)")
+    p.set_defaults(func=run)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, the images in folders (recursively), and glob matches, in order."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+        elif p.is_file():
+            files.append(p)
+        else:
+            hits = sorted(Path(h) for h in glob.glob(item, recursive=True) if Path(h).is_file())
+            if not hits:
+                raise UserError(f"no such file, folder or matching glob: {item}")
+            files += hits
+    if not files:
+        raise UserError(f"no images found in {' '.join(inputs)} (extensions: {' '.join(sorted(IMAGE_EXTS))})")
+    return files
+
+
+def tag_indices(tags: str, classes: list[str]) -> torch.Tensor:
+    """``"null,skin,dress"`` → a tensor of those classes' indices; an unknown name is a user error."""
+    names = [t.strip() for t in tags.split(",") if t.strip()]
+    unknown = [n for n in names if n not in classes]
+    if not names or unknown:
+        raise UserError(f"--tags: unknown class {(unknown or [tags])[0]!r}; the model's classes are "
+                        f"{', '.join(classes)}")
+    return torch.tensor(sorted({classes.index(n) for n in names}))
+
+
+def run(args: argparse.Namespace) -> None:
+    model, ckpt = model_from_checkpoint(args.checkpoint)
+    allowed = tag_indices(args.tags, model.classes) if args.tags else None
+    files = expand_inputs(args.inputs)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write to output folder {out}: {e.strerror or e} (choose another --out)") from None
+    palette = model.palette or default_palette(model.num_classes)
+    predictor = Predictor(model, args.device, amp=args.amp)
+    opts = predict_options(args, ckpt)
+    failed = []
+    stems: dict[str, int] = {}
+    for f in tqdm(files, desc="predict", dynamic_ncols=True):
+        try:
+            image = read_image(f)
+        except UserError as e:
+            failed.append(str(e))
+            continue
+        probs = predictor.predict_image(image[None], **opts).cpu()
+        if allowed is not None:
+            probs = restrict_to_classes(probs, allowed)
+        probs = probs[0]
+        pred = probs.argmax(0)
+        stem = f.stem if f.stem not in stems else f"{f.stem}-{stems[f.stem]}"
+        stems[f.stem] = stems.get(f.stem, 0) + 1
+        save_index_png(pred, palette, out / f"{stem}.png")
+        save_image(overlay_with_legend(image, pred, palette, model.classes, args.alpha), out / f"{stem}_overlay.png")
+        if args.probs:
+            atomic_write(out / f"{stem}.npy", lambda fh: np.save(fh, probs.numpy().astype(np.float16)))
+    print(f"{len(files) - len(failed)} predictions in {out} (<name>.png: class indices with a palette; "
+          f"<name>_overlay.png: colour overlay with legend)")
+    if failed:
+        for msg in failed:
+            print(f"skipped: {msg}", file=sys.stderr)
+        raise UserError(f"{len(failed)} of {len(files)} inputs could not be read (listed above), e.g. {failed[0]}")

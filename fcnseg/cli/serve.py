@@ -1,0 +1,44 @@
+"""``fcnseg serve``: a web page and HTTP API for one model (needs ``pip install 'fcnseg[serve]'``)."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+
+from ..errors import UserError
+from ..serve import create_app
+from .common import add_command
+
+
+def add_parser(subs) -> None:
+    p = add_command(subs, "serve", "a web page and HTTP API (POST /segment, GET /healthz) for a checkpoint or an "
+                    ".onnx export", "fcnseg serve runs/camvid/best.pt --port 8000")
+    p.add_argument("model", help="checkpoint (.pt) or ONNX file written by fcnseg export")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (MB)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (checkpoints only)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    try:  # lazy: an optional extra
+        import uvicorn
+    except ImportError:
+        raise UserError("fcnseg serve needs uvicorn: pip install 'fcnseg[serve]'") from None
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be 1-65535, got {args.port}")
+    app = create_app(args.model, max_upload_mb=args.max_upload_mb, device=args.device)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"fcnseg serve: {args.model} at http://{host}:{args.port}/ (Ctrl-C to stop)", flush=True)
+    if not is_loopback(args.host):
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can upload images", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,27 @@
+"""``fcnseg visualize``: a PNG grid of random validation samples, input | truth | prediction (| CRF)."""
+from __future__ import annotations
+
+import argparse
+
+from ..viz import visualize
+from .common import add_command, add_checkpoint_args
+
+
+def add_parser(subs) -> None:
+    p = add_command(subs, "visualize", "a PNG grid of random validation samples: input | truth | prediction (| CRF)",
+                    "fcnseg visualize runs/camvid/best.pt --data camvid --root ../shared/datasets/camvid --n 8 "
+                    "--out grid.png")
+    add_checkpoint_args(p)
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--crf", action="store_true")
+    p.add_argument("--crf-max-side", type=int, metavar="PX", help="CRF at most this many pixels on the longer side")
+    p.add_argument("--out", help="PNG path (default: next to the checkpoint)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    out = visualize(args.checkpoint, data=args.data, root=args.root, split=args.split, n=args.n, seed=args.seed,
+                    crf=args.crf, crf_max_side=args.crf_max_side, out=args.out, device=args.device)
+    print(f"written: {out}")
