@@ -32,6 +32,7 @@ class RemoteFile:
     filename: str
     md5: str | None = None  # None where no checksum is published (e.g. GitHub archives, which can change)
     sha256: str | None = None
+    sha1: str | None = None  # what some publishers give (OpenCV's model lists)
     size: str = ""  # approximate, for the user's information only
     extract: bool = True
 
@@ -107,7 +108,7 @@ def file_digest(path: Path, algo: str) -> str:
 
 def verify(path: Path, spec: RemoteFile) -> str | None:
     """``None`` when ``path`` matches the published checksum (or none is published), else what went wrong."""
-    for algo, want in (("sha256", spec.sha256), ("md5", spec.md5)):
+    for algo, want in (("sha256", spec.sha256), ("sha1", spec.sha1), ("md5", spec.md5)):
         if want:
             got = file_digest(path, algo)
             if got != want.lower():

@@ -8,9 +8,12 @@ Formats (detected from the file's content; override with ``format=``):
 * ``torchvision`` — torchvision ImageNet classification state dicts (VGG, ResNet, Inception-v3, MobileNetV3), and
   VGG16's features-only ``IMAGENET1K_FEATURES`` file (its classifier values are missing, so fc6/fc7 are left as they are);
 * ``caffemodel``  — the authors' Caffe ``.caffemodel`` binaries, decoded directly (no Caffe needed);
-* ``matconvnet``  — MatConvNet SimpleNN ``.mat`` files such as ``imagenet-vgg-verydeep-19.mat``.
+* ``matconvnet``  — MatConvNet SimpleNN ``.mat`` files such as ``imagenet-vgg-verydeep-19.mat``;
+* ``safetensors`` — ``.safetensors`` files holding any of the state dicts above (``fcnseg.save_weights`` writes them
+  with the model's spec, classes and palette as metadata).
 
-Every torch file is read with ``torch.load(weights_only=True)``; nothing is ever unpickled.
+Every torch file is read with ``torch.load(weights_only=True)``; nothing is ever unpickled. Named weights (the
+authors' released nets, fetched by name into the TORCH_HOME cache) are in :mod:`fcnseg.weights.registry`.
 """
 from __future__ import annotations
 
@@ -27,10 +30,11 @@ from ..normalization import CAFFE_BGR, IMAGENET, INCEPTION, VGG16_FEATURES, Norm
 from .caffemodel import caffemodel_state_dict
 from .matconvnet import matconvnet_state_dict
 from .pytorch_fcn import from_pytorch_fcn
+from .safetensors import looks_like_safetensors, parse_metadata, read_safetensors
 from .torchvision import from_torchvision, imagenet_state_dict, vgg_features_only
 
 log = logging.getLogger("fcnseg")
-FORMATS = ("fcnseg", "pytorch-fcn", "torchvision", "caffemodel", "matconvnet")
+FORMATS = ("fcnseg", "pytorch-fcn", "torchvision", "caffemodel", "matconvnet", "safetensors")
 # pytorch-fcn's VGG16 (torchfcn/models/vgg.py: ~/data/models/pytorch/vgg16_from_caffe.pth): Caffe's weights, which
 # expect BGR 0-255 input, saved under torchvision's key names
 PYTORCH_FCN_VGG16_MD5 = "aa75b158f4181e7f6230029eb96c1b13"
@@ -53,6 +57,8 @@ def detect_format(path: str | Path) -> str:
     # a torch zip archive, or a pickle of protocol 2-5 (legacy torch.save or a plain pickle.dump): b"\x80" + protocol
     if head.startswith(b"PK") or head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
         return "torch"
+    if path.suffix == ".safetensors" or looks_like_safetensors(head, path.stat().st_size):
+        return "safetensors"
     return "caffemodel"
 
 
@@ -165,35 +171,17 @@ def load_weights(model: nn.Module, path: str | Path, *, format: str | None = Non
     if format is not None and format not in FORMATS:
         raise UserError(f"unknown weight format {format!r}; valid: {', '.join(FORMATS)}")
     fmt = format or detect_format(path)
-    if fmt in ("torch", "fcnseg", "pytorch-fcn", "torchvision"):
-        obj = safe_torch_load(path)
-        detected, state = _torch_state(obj, path)
-        fmt = detected if format is None else format
-        if fmt == "fcnseg":
-            spec = obj.get("model_spec") if isinstance(obj, dict) else None
-            if spec:
-                _check_skip_scaling(model, state, _FCNSEG_ATONCE.get(spec.get("arch")), path)
-            report = load_state_into(model, state, path, strict_classes=strict_classes)
-            if spec:
-                model.normalization = Normalization.from_dict(spec["normalization"])
-            return report
-        caffe_vgg = ((format == "pytorch-fcn" and "features.0.weight" in state and "conv1_1.weight" not in state)
-                     or _pytorch_fcn_vgg16(path, state))
-        if fmt == "pytorch-fcn" and not caffe_vgg:
-            arch = obj.get("arch") if isinstance(obj, dict) and "model_state_dict" in obj else None
-            _check_skip_scaling(model, state, _PYTORCH_FCN_ATONCE.get(arch) if arch else
-                                True if "atonce" in path.name.lower() else None, path)
-            report = load_state_into(model, from_pytorch_fcn(model, state), path, strict_classes=strict_classes)
-            model.normalization = CAFFE_BGR
-            return report
-        report = load_state_into(model, from_torchvision(model, state, path), path)
-        if caffe_vgg:
-            model.normalization = CAFFE_BGR
-        elif vgg_features_only(state, path):
-            model.normalization = VGG16_FEATURES
-        else:
-            model.normalization = INCEPTION if model.backbone.name == "inception_v3" else IMAGENET
+    if fmt == "safetensors":
+        state, meta = read_safetensors(path)
+        spec, classes, palette = parse_metadata(meta, path)
+        # a file fcnseg wrote reads like an fcnseg checkpoint; any other like the bare state dict it holds
+        report = _load_torch_object({"model": state, "model_spec": spec} if spec else state, model, path, None,
+                                    strict_classes)
+        if classes:
+            model.classes, model.palette = classes, palette
         return report
+    if fmt in ("torch", "fcnseg", "pytorch-fcn", "torchvision"):
+        return _load_torch_object(safe_torch_load(path), model, path, format, strict_classes)
     if fmt == "caffemodel":
         state = caffemodel_state_dict(model, path)
         _check_skip_scaling(model, state, True if any(k.startswith("scale_pool") for k in state) else
@@ -207,6 +195,38 @@ def load_weights(model: nn.Module, path: str | Path, *, format: str | None = Non
         model.normalization = norm
         return report
     raise UserError(f"unknown weight format {fmt!r}; valid: {', '.join(FORMATS)}")
+
+
+def _load_torch_object(obj: object, model: nn.Module, path: Path, format: str | None,  # noqa: A002
+                       strict_classes: bool) -> dict:
+    """A loaded torch object (or a safetensors state) → ``model``; ``format`` overrides the detected naming."""
+    detected, state = _torch_state(obj, path)
+    fmt = detected if format is None else format
+    if fmt == "fcnseg":
+        spec = obj.get("model_spec") if isinstance(obj, dict) else None
+        if spec:
+            _check_skip_scaling(model, state, _FCNSEG_ATONCE.get(spec.get("arch")), path)
+        report = load_state_into(model, state, path, strict_classes=strict_classes)
+        if spec:
+            model.normalization = Normalization.from_dict(spec["normalization"])
+        return report
+    caffe_vgg = ((format == "pytorch-fcn" and "features.0.weight" in state and "conv1_1.weight" not in state)
+                 or _pytorch_fcn_vgg16(path, state))
+    if fmt == "pytorch-fcn" and not caffe_vgg:
+        arch = obj.get("arch") if isinstance(obj, dict) and "model_state_dict" in obj else None
+        _check_skip_scaling(model, state, _PYTORCH_FCN_ATONCE.get(arch) if arch else
+                            True if "atonce" in path.name.lower() else None, path)
+        report = load_state_into(model, from_pytorch_fcn(model, state), path, strict_classes=strict_classes)
+        model.normalization = CAFFE_BGR
+        return report
+    report = load_state_into(model, from_torchvision(model, state, path), path)
+    if caffe_vgg:
+        model.normalization = CAFFE_BGR
+    elif vgg_features_only(state, path):
+        model.normalization = VGG16_FEATURES
+    else:
+        model.normalization = INCEPTION if model.backbone.name == "inception_v3" else IMAGENET
+    return report
 
 
 def load_pretrained_backbone(model: nn.Module, source: str | Path) -> dict:
