@@ -93,6 +93,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
+    from fcnseg.provenance import provenance, summary
+    record = provenance(args.device)
+    print(f"provenance: {summary(record)}; command: {record['command']}")
     kind = "max_memory_allocated" if args.device.startswith("cuda") else "process RSS high-water mark"
     print(f"FCN-8s VGG16 aligned, {args.size}×{args.size}, one SGD step, {args.amp}, channels_last, {args.device} "
           f"({kind}); limit {args.limit_gib:g} GiB")

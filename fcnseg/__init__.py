@@ -1,11 +1,13 @@
 """fcnseg: Fully Convolutional Networks for semantic segmentation, on PyTorch and torchvision."""
-from .inference import Predictor
-from .models import build_model, list_models, model_spec
-from .normalization import Normalization
-from .train.checkpoint import load_checkpoint
-from .weights import load_weights
-
+# the one place the version is written (pyproject.toml reads it); set before the imports below, which may read it
 __version__ = "0.1.0"
 
-__all__ = ["build_model", "list_models", "load_checkpoint", "load_weights", "model_spec", "Normalization",
-           "Predictor"]
+from .inference import Predictor  # noqa: E402
+from .models import build_model, list_models, model_spec, save_weights  # noqa: E402
+from .normalization import Normalization  # noqa: E402
+from .train.checkpoint import load_checkpoint  # noqa: E402
+from .weights import load_weights  # noqa: E402
+from .weights.registry import list_weights  # noqa: E402
+
+__all__ = ["build_model", "list_models", "list_weights", "load_checkpoint", "load_weights", "model_spec",
+           "Normalization", "Predictor", "save_weights"]

@@ -19,6 +19,7 @@ from .errors import UserError
 from .inference import Predictor
 from .models import build_model
 from .models.activation_checkpointing import enable_activation_checkpointing
+from .provenance import provenance
 from .runtime import autocast, resolve_channels_last, select_device
 from .train.loop import pixel_loss
 from .train.optim import StepInBackward
@@ -111,8 +112,9 @@ def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str
                   size: tuple[int, int] = (500, 500), batch: int = 1, dtype: str = "fp32", device: str = "auto",
                   mode: str = "infer", repeats: int = 5, warmup: int = 1, channels_last: bool | str | None = "auto",
                   compile: bool = False, checkpointing: bool = False,
-                  step_in_backward: bool = False) -> dict:  # noqa: A002
-    """Measure one configuration; returns the figures ``fcnseg benchmark`` prints."""
+                  step_in_backward: bool = False, command: list[str] | None = None) -> dict:  # noqa: A002
+    """Measure one configuration; returns the figures ``fcnseg benchmark`` prints, with their ``provenance``
+    (``fcnseg.provenance``; ``command``: the command line to record, default this process's)."""
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if mode not in ("infer", "train"):
@@ -160,4 +162,5 @@ def run_benchmark(*, arch: str = "fcn8s", backbone: str = "vgg16", geometry: str
         result["peak_mib"], result["peak_kind"] = torch.cuda.max_memory_allocated(dev) / 2**20, "max_memory_allocated"
     else:
         result["peak_mib"], result["peak_kind"] = peak_rss_mib(), "process RSS high-water mark"
+    result["provenance"] = provenance(dev, command=command)
     return result

@@ -21,6 +21,8 @@ def test_benchmark_prints_figures(capsys, extra):
     assert 0 < best <= median
     assert float(re.search(r"throughput\s+([\d.]+) images/s", out).group(1)) > 0
     assert float(re.search(r"peak memory\s+(\d+) MiB", out).group(1)) > 0
+    assert re.search(r"provenance\s+fcnseg \d+\.\d+\.\d+ \(.+\), torch .+, torchvision .+", out)
+    assert "command     fcnseg benchmark --arch fcn32s" in out
     if "--checkpointing" in extra:
         assert "checkpointing" in out and "train" in out
 

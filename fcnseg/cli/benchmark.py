@@ -7,6 +7,7 @@ import torch
 
 from ..benchmark import run_benchmark
 from ..errors import UserError
+from ..provenance import summary
 from .common import add_command
 
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
                       size=parse_size(args.size), batch=args.batch, dtype=args.dtype, device=args.device,
                       mode=args.mode, repeats=args.repeats, warmup=args.warmup, channels_last=args.channels_last,
                       compile=args.compile, checkpointing=args.checkpointing,
-                      step_in_backward=args.step_in_backward)
+                      step_in_backward=args.step_in_backward, command=getattr(args, "command_line", None))
     print(format_result(r))
 
 
@@ -72,4 +73,6 @@ def format_result(r: dict) -> str:
         f"({r['repeats']} repeats after warm-up)",
         f"throughput  {r['images_per_s']:.2f} images/s",
         f"peak memory {r['peak_mib']:.0f} MiB ({r['peak_kind']})",
+        f"provenance  {summary(r['provenance'])}",
+        f"command     {r['provenance']['command']}",
     ])

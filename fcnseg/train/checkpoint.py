@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..evaluation import protocol_options
 from ..files import remove_stale_temporaries, safe_torch_load, save_torch
 from ..models import build_model, model_spec
 from ..normalization import Normalization
@@ -66,10 +67,18 @@ def model_from_checkpoint(path: str | Path, *, ema: bool = True) -> tuple[nn.Mod
 
 
 def load_checkpoint(path: str | Path, *, ema: bool = True) -> nn.Module:
-    """The model saved in an fcnseg checkpoint (``last.pt`` / ``best.pt``), ready to predict: its weights (the
-    moving average when the run kept one; ``ema=False`` for the last training weights), ``normalization``,
-    ``classes`` and ``palette``."""
-    return model_from_checkpoint(path, ema=ema)[0]
+    """The model saved in an fcnseg checkpoint (``last.pt`` / ``best.pt``), ready for :class:`fcnseg.Predictor`:
+    its weights (the moving average when the run kept one; ``ema=False`` for the last training weights),
+    ``normalization``, ``classes``, ``palette`` and ``predict_options`` — the recipe's test-time protocol as
+    ``Predictor.predict_image`` keywords (the training ``resize`` as ``input_size``, ``flip``, ``scales``), which
+    ``fcnseg evaluate`` applies by default.
+
+    >>> model = fcnseg.load_checkpoint("runs/camvid/best.pt")
+    >>> probs = fcnseg.Predictor(model).predict_image(images, **model.predict_options)  # uint8 N×3×H×W
+    """
+    model, ckpt = model_from_checkpoint(path, ema=ema)
+    model.predict_options = protocol_options(ckpt)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------- writing

@@ -191,7 +191,7 @@ def test_checkpoints_from_before_the_grid_keep_their_head(tmp_path, caplog):
     old = fcnseg.build_model("fcn8s", backbone="resnet18", num_classes=3, grid="cell").eval()
     randomize_head(old)
     spec = model_spec(old)
-    assert spec.pop("grid") == "cell"  # what a checkpoint saved before session 16 holds: no grid
+    assert spec.pop("grid") == "cell"  # a checkpoint saved before fcnseg declared the grid holds none
     torch.save({"model": old.state_dict(), "model_spec": spec}, tmp_path / "old.pt")
     rebuilt, _ = model_from_checkpoint(tmp_path / "old.pt")
     x = torch.randn(1, 3, 70, 90)

@@ -107,3 +107,30 @@ def test_a_checkpoint_from_a_newer_fcnseg_is_refused_in_one_line(tmp_path):
     torch.save(dict(ckpt, format_version=FORMAT_VERSION + 1), tmp_path / "future.pt")
     with pytest.raises(UserError, match=rf"future\.pt has checkpoint format {FORMAT_VERSION + 1}, newer .*upgrade"):
         read_checkpoint(tmp_path / "future.pt")
+
+
+def test_load_checkpoint_gives_a_model_ready_for_the_predictor(tmp_path, tiny):
+    """The public route from a run to predictions: weights, class names, palette, normalisation and the recipe's
+    test-time protocol travel with the model, and the Predictor's probabilities are the model's own softmax."""
+    train(tiny(max_iters=2, val_every=1, resize=[48, 64], eval_flip=True), progress=False)
+    model = fcnseg.load_checkpoint(tmp_path / "run" / "best.pt")
+    ckpt = read_checkpoint(tmp_path / "run" / "best.pt")
+    assert model.classes == ckpt["classes"] and model.classes[0] == "sky" and len(model.classes) == 7
+    assert model.palette == [tuple(c) for c in ckpt["palette"]]
+    assert model.normalization.to_dict() == ckpt["model_spec"]["normalization"]
+    assert model.predict_options == {"input_size": [48, 64], "flip": True}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k
+    images = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8)
+    probs = fcnseg.Predictor(model, "cpu", amp="none").predict_image(images)
+    with torch.no_grad():
+        expected = model.eval()(model.normalization(images.float())).softmax(1)
+    assert probs.shape == (2, 7, 48, 64)
+    torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)
+    flipped = fcnseg.Predictor(model, "cpu", amp="none").predict_image(images, **model.predict_options)
+    assert flipped.shape == (2, 7, 48, 64) and torch.allclose(flipped.sum(1), torch.ones(2, 48, 64), atol=1e-4)
+
+
+def test_load_checkpoint_names_a_missing_file(tmp_path):
+    with pytest.raises(UserError, match="nothing.pt"):
+        fcnseg.load_checkpoint(tmp_path / "nothing.pt")

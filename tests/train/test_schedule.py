@@ -10,12 +10,12 @@ from fcnseg.train.schedule import follows_clock, lr_factor, size_scale
 
 
 def test_follows_clock_only_when_the_iterations_do_not_fit():
-    # 3,600 CamVid iterations at ~0.42 s on a 2-core Zen 4 (FCN-8s, session 7) in a 30-minute budget, a 3-s start
+    # 3,600 CamVid iterations at ~0.42 s (FCN-8s on a 2-core Zen 4) in a 30-minute budget, after a 3-s start
     assert not any(follows_clock(i, 3 + 0.42 * i, 3600, 1800) for i in range(0, 3600, 7))
     assert not follows_clock(5, 60.0, 4200, None)  # no budget: iterations only
     assert not follows_clock(20, 100.0, 4200, 1800)  # too early to project (start-up costs)
-    # session 19: a load in the first minute made 102 CamVid iterations take 36 s (21 s undisturbed), 59 min
-    # projected; the pace is projected from a tenth of the budget on, when that run had made ~600 in 3 min: they fit
+    # a passing load in the first minute: 102 CamVid iterations took 36 s (21 s undisturbed), 59 min projected;
+    # the pace is projected from a tenth of the budget on, when that run had made ~600 in 3 min: they fit
     assert not follows_clock(102, 36.0, 5000, 1800) and not follows_clock(600, 180.0, 5000, 1800)
     assert follows_clock(170, 181.0, 4200, 1800)  # a slower machine: 75 min projected, switched after a tenth
     assert follows_clock(20, 200.0, 4200, 1800)  # projected after a tenth of the budget however few iterations
