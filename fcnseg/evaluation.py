@@ -9,7 +9,7 @@ import torch
 
 from . import distributed as dist
 from .crf import dense_crf
-from .data import get_dataset
+from .data import dataset_class, get_dataset
 from .errors import UserError
 from .inference import Predictor
 from .metrics import confusion_matrix, image_mean_iou
@@ -103,5 +103,7 @@ def checkpoint_dataset(ckpt: dict, *, name: str | None = None, root: str | None 
     root = root or (cfg.get("root") if same else None)
     options = {} if not same else cfg.get("val_data_options", {}) if cfg.get("val_data") else {
         **cfg.get("data_options", {}), **cfg.get("val_data_options", {})}
+    if split and split != cfg.get("val_split"):  # another split: the run's choice of frames was for its own split
+        options = {k: v for k, v in options.items() if k not in dataset_class(name).selection_options}
     split = split or (cfg.get("val_split") if same else "val")
     return get_dataset(name, root, split, None, **options)

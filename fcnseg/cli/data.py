@@ -5,11 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from ..data import get_dataset
 from ..data.check import check_split
 from ..data.download import download
 from ..data.stats import class_stats, write_stats
-from .common import Parser, add_command
+from ..errors import UserError
+from .common import Parser, add_command, add_max_pixels
 
 
 def add_parser(subs) -> None:
@@ -20,6 +23,9 @@ def add_parser(subs) -> None:
     c.add_argument("name")
     c.add_argument("--root")
     c.add_argument("--split", help="one split (default: train and val)")
+    c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a reader option (YAML value), e.g. sequences=0001TP,0006R0 for camvid; repeatable")
+    add_max_pixels(c)
     c.set_defaults(func=run_check)
     s = add_command(dsubs, "stats", "per-class pixel frequencies and class weights (JSON that training reads)",
                     "fcnseg data stats camvid --root ../shared/datasets/camvid --out camvid-stats.json")
@@ -37,9 +43,10 @@ def add_parser(subs) -> None:
 
 def run_check(args: argparse.Namespace) -> None:
     splits = [args.split] if args.split else (["all"] if args.name == "folder" else ["train", "val"])
+    options = reader_options(args.option)
     total = 0
     for split in splits:
-        problems = check_split(args.name, args.root, split)
+        problems = check_split(args.name, args.root, split, **options)
         total += len(problems)
         print(f"{args.name} {split}: {len(problems)} problem(s)")
         for p in problems:
@@ -47,6 +54,21 @@ def run_check(args: argparse.Namespace) -> None:
     if total:
         print(f"fcnseg: data check found {total} problem(s)", file=sys.stderr)
         sys.exit(1)
+
+
+def reader_options(items: list[str]) -> dict:
+    """``["sequences=0001TP,0006R0", "length=8"]`` → ``{"sequences": "0001TP,0006R0", "length": 8}`` (YAML values,
+    as ``fcnseg train --set`` reads them)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            options[key.strip()] = value
+    return options
 
 
 def run_stats(args: argparse.Namespace) -> None:
