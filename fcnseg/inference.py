@@ -11,9 +11,14 @@ from torch import nn
 
 from .errors import UserError
 from .quantize import check_int8_supported, convert_int8, prepare_int8, quantize_int8
-from .runtime import autocast, resolve_channels_last, select_device
+from .runtime import autocast, available_memory, resolve_channels_last, select_device
 
 AMP_MODES = ("auto", "none", "bf16", "fp16", "int8")
+# Below this many (scaled) input pixels an image is run whole without estimating its memory: 4 MP through VGG16
+# FCN-8s takes ~3 GB. Above it, the forward pass is tiled when its estimate exceeds the memory budget.
+PLAN_ABOVE_PIXELS = 4_000_000
+# Bytes per image pixel that the caller needs after predict_image: predict's int64 argmax and its in-place overlay
+OUTPUT_BYTES_PER_PIXEL = 48
 
 log = logging.getLogger("fcnseg")
 
@@ -39,12 +44,19 @@ class Predictor:
     measured speed-up for oneDNN and cuDNN convolutions. ``amp="int8"`` (CPU, VGG/ResNet backbones) quantizes the backbone after calibrating it on
     ``calibration`` (normalised batches) or, when that is None, on the first ``calibration_batches`` calls (which
     run in float32 while they record activation ranges). ``predict_image`` adds whole / sliding-window inference, flips and multi-scale averaging on top.
+
+    Memory: ``memory_budget`` bytes (default: half the memory available when an image arrives) bound
+    ``predict_image``. An image whose forward pass would exceed it runs in tiles of the sliding window; one whose
+    full-resolution class scores alone exceed it is refused with a :class:`UserError` before anything is allocated.
     """
 
     def __init__(self, model: nn.Module, device: str | torch.device | None = None, *, amp: str = "auto",
                  channels_last: bool | str = "auto", compile: bool = False,  # noqa: A002
-                 calibration: Iterable[torch.Tensor] | None = None, calibration_batches: int = 4):
+                 calibration: Iterable[torch.Tensor] | None = None, calibration_batches: int = 4,
+                 memory_budget: int | None = None):
         self.device = select_device(device)
+        self.memory_budget = memory_budget
+        self._cost: tuple[float, float] | None = None
         if amp not in AMP_MODES:
             raise UserError(f"unknown amp mode {amp!r}; valid: {', '.join(AMP_MODES)}")
         if amp == "int8" and self.device.type != "cpu":
@@ -115,11 +127,13 @@ class Predictor:
             raise ValueError(f"scales must be positive, got {list(scales)}")
         if window is not None and (window < 1 or not 0 <= overlap < 1):
             raise ValueError(f"window must be at least 1 and overlap in [0, 1), got {window} and {overlap}")
+        size0 = resized_size(h, w, input_size) if input_size else (h, w)
+        window = self.plan_window(images.shape[0], (h, w), size0, scales, window, flip)
         x0 = self.normalize(images)
         if input_size:
             x0 = F.interpolate(x0, size=resized_size(h, w, input_size), mode="bilinear", align_corners=False,
                                antialias=True)
-        probs = torch.zeros(images.shape[0], self.num_classes, h, w, device=self.device)
+        probs = None  # the first pass's softmax becomes the sum: no zero-filled C×H×W map beside it
         for s in scales:
             # by size, not scale_factor: the way back below maps by the sizes' ratio, so must the way there (with a
             # scale factor the two differ by up to a pixel at the far edge); and never below 1 pixel
@@ -133,8 +147,80 @@ class Predictor:
                     logits = logits.flip(-1)
                 if logits.shape[-2:] != (h, w):
                     logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-                probs += logits.softmax(1)
-        return probs / (len(scales) * (2 if flip else 1))
+                p = logits.softmax(1)
+                del logits
+                probs = p if probs is None else probs.add_(p)
+        return probs.div_(len(scales) * (2 if flip else 1))
+
+    def plan_window(self, n: int, size: tuple[int, int], size0: tuple[int, int], scales: Sequence[float],
+                    window: int | None, flip: bool = False) -> int | None:
+        """The sliding-window tile that keeps ``predict_image`` within the memory budget (None: run whole).
+
+        ``size``: the image's (H, W), where the class scores live; ``size0``: the network's input before scaling.
+        The forward pass's peak is estimated from two small probes (the largest layer input + output, ×2 for
+        oneDNN's reorders and workspace), linear in the pixel count."""
+        h, w = size
+        top, c = max(scales), self.num_classes
+        scaled = size0[0] * size0[1] * top * top
+        budget = self.memory_budget or available_memory(self.device) // 2
+        outputs = n * self.output_bytes(h * w, scaled, c, passes=len(scales) * (2 if flip else 1),
+                                        rescaled=any(s != 1 for s in scales) or tuple(size0) != (h, w))
+        if outputs > budget:
+            hint = "; try --scales 1" if len(scales) > 1 else ""
+            raise UserError(f"a {w}×{h} image needs about {_gb(outputs)} for its full-resolution class scores "
+                            f"({c} classes, {len(scales)} scale(s){', flipped' if flip else ''}), more than the "
+                            f"memory budget of {_gb(budget)} (half the available memory){hint}; downscale the "
+                            f"image or use a machine with more memory")
+        if window is not None or scaled <= PLAN_ABOVE_PIXELS:
+            return window
+        room = budget - outputs
+        if n * self.forward_bytes(scaled) <= room:
+            return None
+        side = 64
+        while n * self.forward_bytes((side + 32) ** 2) <= room and side + 32 < max(size0) * top:
+            side += 32
+        if n * self.forward_bytes(side * side) > room:
+            raise UserError(f"a {w}×{h} image does not fit the memory budget of {_gb(budget)} even in "
+                            f"{side}-pixel tiles; use a machine with more memory")
+        log.info("%d×%d image: tiled into %d×%d windows to stay within the memory budget of %s", w, h, side, side,
+                 _gb(budget))
+        return side
+
+    @staticmethod
+    def output_bytes(pixels: int, scaled: float, classes: int, *, passes: int, rescaled: bool) -> float:
+        """Bytes of the full-resolution maps of one image: uint8 image, float input, a pass's scores and their
+        softmax (C float32 maps each), the running sum when there are several passes, scores resized back when the
+        network saw another size, the scaled input and the window's count at the largest scale, and the caller's
+        argmax and overlay (OUTPUT_BYTES_PER_PIXEL)."""
+        full = 3 + 12 + 8 * classes + (4 * classes if passes > 1 else 0) + (4 * classes if rescaled else 0)
+        return pixels * (full + OUTPUT_BYTES_PER_PIXEL) + (scaled * (12 + 4 + 4 * classes) if rescaled else 0)
+
+    def forward_bytes(self, pixels: float) -> float:
+        """Estimated peak bytes of one image's forward pass at ``pixels`` input pixels."""
+        if self._cost is None:
+            (p1, b1), (p2, b2) = (self._probe(s) for s in (96, 160))
+            slope = max((b2 - b1) / (p2 - p1), b2 / p2 / 4)
+            self._cost = (max(b1 - slope * p1, 0.0), slope)
+        return 2 * (self._cost[0] + self._cost[1] * pixels)
+
+    def _probe(self, side: int) -> tuple[int, int]:
+        """(input pixels, the largest input + output bytes of any layer) for one side×side forward pass."""
+        peak = [0]
+
+        def hook(module, inputs, output):
+            tensors = [t for t in (*inputs, output) if isinstance(t, torch.Tensor)]
+            peak[0] = max(peak[0], sum(t.numel() * t.element_size() for t in tensors))
+
+        leaves = [m for m in self.model.modules() if not list(m.children())]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        try:
+            x = torch.zeros(1, 3, side, side, device=self.device)
+            with torch.no_grad(), autocast(self.device, "none" if self.amp == "int8" else self.amp):
+                self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return side * side, max(peak[0], 4 * 3 * side * side)
 
     def _sliding(self, x: torch.Tensor, window: int, overlap: float) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -152,4 +238,8 @@ class Predictor:
                 tile = x[..., max(y, 0):y + window, max(x0, 0):x0 + window]
                 out[..., max(y, 0):y + window, max(x0, 0):x0 + window] += self(tile)
                 count[..., max(y, 0):y + window, max(x0, 0):x0 + window] += 1
-        return out / count
+        return out.div_(count)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB"

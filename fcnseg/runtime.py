@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import platform
 import time
 
 import torch
@@ -109,9 +110,40 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name as the kernel reports it (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), or
+    None when neither says. A time-budgeted figure depends on it, so reports record it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def autocast(device: torch.device, amp: str):
     """``none`` | ``bf16`` | ``fp16`` | ``auto`` (see ``resolve_amp``)."""
     amp = resolve_amp(device, amp)
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that tensors on ``device`` can still take: the GPU's free memory, or the system's ``MemAvailable``
+    (Linux; what can be allocated without swapping), else the physical memory via ``sysconf``."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30

@@ -24,11 +24,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from . import __version__
 from .data import default_palette
-from .data.io import to_8bit
+from .data.io import ImageTooLarge, read_image
 from .errors import UserError
 from .inference import Predictor, resized_size
 from .train.checkpoint import model_from_checkpoint
@@ -63,26 +63,17 @@ def safe_name(name: str | None) -> str:
 
 
 def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Uploaded bytes → uint8 RGB 3×H×W (EXIF orientation applied, as browsers show it); :class:`HTTPError` 415 /
-    400 / 413 for non-images, undecodable images and oversized images."""
+    """Uploaded bytes → uint8 RGB 3×H×W through :func:`fcnseg.data.io.read_image` (the decoder ``predict`` uses,
+    EXIF orientation applied); :class:`HTTPError` 415 / 400 / 413 for non-images, undecodable and oversized ones."""
     kind = sniff_image(data)
     if kind is None:
         raise HTTPError(415, f"{name} is not a supported image (PNG, JPEG, GIF, BMP, TIFF, WebP, PNM)")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > max_pixels:
-                raise HTTPError(413, f"{name} is {im.width}×{im.height} px; the limit is {max_pixels:,} pixels")
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            arr = np.asarray(to_8bit(im).convert("RGB"))
-    except HTTPError:
-        raise
-    except Image.DecompressionBombError:
-        raise HTTPError(413, f"{name} has too many pixels (decompression bomb guard)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise HTTPError(400, f"cannot decode {name} as {kind}: {str(e).splitlines()[0][:200] or type(e).__name__} "
-                             "(corrupt or truncated file?)") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+        return read_image(data, name=name, max_pixels=max_pixels)
+    except ImageTooLarge as e:
+        raise HTTPError(413, str(e)) from None
+    except UserError as e:
+        raise HTTPError(400, f"{e} [{kind}]") from None
 
 
 def png_bytes(im) -> bytes:

@@ -16,6 +16,7 @@ from .errors import UserError
 from .evaluation import checkpoint_dataset, protocol_options
 from .files import atomic_write
 from .inference import Predictor
+from .provenance import summary
 from .train.checkpoint import model_from_checkpoint
 
 IGNORE_COLOR = (0, 0, 0)
@@ -33,8 +34,10 @@ def colorize(mask: torch.Tensor, palette: Sequence[Sequence[int]]) -> torch.Tens
 
 def overlay(image: torch.Tensor, mask: torch.Tensor, palette, alpha: float = 0.5) -> torch.Tensor:
     """Blend the colour-mapped ``mask`` over the uint8 3×H×W ``image``."""
-    col = colorize(mask, palette).float()
-    return (image.float() * (1 - alpha) + col * alpha).round().clamp(0, 255).to(torch.uint8)
+    # in place: a few bytes per pixel beside the result, for photos of tens of megapixels (the same arithmetic)
+    out = image.float().mul_(1 - alpha)
+    out.add_(colorize(mask, palette).float().mul_(alpha))
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def save_index_png(mask: torch.Tensor | np.ndarray, palette, path: str | Path) -> None:
@@ -155,6 +158,8 @@ def metrics_markdown(m: dict) -> str:
            ) if proto else None
     lines = [f"# {m.get('dataset', '')} {m.get('split', '')} — {m.get('images', '?')} images", "",
              *([f"Protocol: {how}; metrics at the original resolution.", ""] if how else []),
+             *([f"Provenance: {summary(m['provenance'])}; command `{m['provenance']['command']}`.", ""]
+               if m.get("provenance") else []),
              "| metric | value | with CRF |" if "crf" in m else "| metric | value |",
              "|---|---|---|" if "crf" in m else "|---|---|"]
     for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "foreground_accuracy"):

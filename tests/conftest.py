@@ -6,13 +6,17 @@ import importlib
 import importlib.util
 import os
 import socket
+import struct
 import subprocess
 import sys
 import types
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -126,3 +130,50 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------ photos from the wild
+def photo() -> np.ndarray:
+    """An asymmetric 40×60 RGB picture: every rotation and mirror of it differs."""
+    y, x = np.mgrid[0:40, 0:60]
+    return np.dstack([x * 4, y * 6, (x * y) % 251]).astype(np.uint8)
+
+
+def displayed(stored: np.ndarray, orientation: int) -> np.ndarray:
+    """How a viewer shows stored pixels with this EXIF orientation, written from the EXIF 2.3 table (row 0 / column
+    0 positions), independently of Pillow: 2 mirror, 3 rotate 180°, 4 flip, 5 mirror + rotate 270° CW, 6 rotate 90°
+    CW, 7 mirror + rotate 90° CW, 8 rotate 270° CW."""
+    mirror = stored[:, ::-1]
+    return {1: stored, 2: mirror, 3: stored[::-1, ::-1], 4: stored[::-1], 5: np.rot90(mirror, 1),
+            6: np.rot90(stored, -1), 7: np.rot90(mirror, -1), 8: np.rot90(stored, 1)}[orientation]
+
+
+def with_orientation(path: Path, arr: np.ndarray, orientation: int, **save) -> Path:
+    im = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(path, exif=exif, **save)
+    return path
+
+
+def png_bomb(path: Path | None, side: int) -> Path | bytes:
+    """A grayscale PNG of side×side zeros: a few hundred KB on disk, side² bytes decoded (its bytes if no path)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)
+    body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    if path is None:
+        return data
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def photos() -> types.SimpleNamespace:
+    """``photo()``, ``displayed(stored, orientation)``, ``with_orientation(path, array, orientation, **save)`` and
+    ``png_bomb(path, side)``: see each."""
+    return types.SimpleNamespace(photo=photo, displayed=displayed, with_orientation=with_orientation,
+                                 png_bomb=png_bomb)

@@ -129,7 +129,7 @@ def test_non_image_is_415_and_corrupt_image_is_400(client, scene):
     assert r.status_code == 415 and "notes.txt is not a supported image" in r.json()["error"]
     truncated = png(scene)[:200]
     r = client.post("/segment", files={"file": ("cut.png", truncated, "image/png")})
-    assert r.status_code == 400 and "cannot decode cut.png" in r.json()["error"]
+    assert r.status_code == 400 and "cannot read image cut.png" in r.json()["error"]
     r = client.post("/segment", files={"file": ("empty.png", b"", "image/png")})
     assert r.status_code == 400 and "empty" in r.json()["error"]
     r = client.post("/segment", data={"other": "x"}, files={"nofile": ("a.png", png(scene), "image/png")})

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from .. import __version__
+from ..data.io import set_max_pixels
 from ..errors import UserError
 from . import benchmark, data, demo, evaluate, export, models, plot, predict, serve, train, visualize
 from .common import Parser
@@ -30,7 +31,9 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    args.command_line = ["fcnseg", *(sys.argv[1:] if argv is None else argv)]  # recorded in metrics.json
     try:
+        set_max_pixels(getattr(args, "max_pixels", None))
         args.func(args)
     except UserError as e:
         print(f"fcnseg: error: {e}", file=sys.stderr)

@@ -32,6 +32,14 @@ def parse_command(command: ModuleType, argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def add_max_pixels(p: argparse.ArgumentParser, default: int | None = None) -> None:
+    """``--max-pixels``: the decompression-bomb guard every image and mask read applies to its header."""
+    shown = f"{default:,}" if default else "100,000,000"
+    p.add_argument("--max-pixels", type=int, default=default, metavar="N",
+                   help=f"refuse images with more pixels than this before decoding them (default: {shown}; 0: no "
+                        "limit)")
+
+
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     """The checkpoint, and the dataset to read (by default the one its run validated on)."""
     p.add_argument("checkpoint")

@@ -11,9 +11,10 @@ from ..evaluation import evaluate
 from ..files import write_text
 from ..inference import Predictor
 from ..metrics import scores
+from ..provenance import provenance
 from ..train.checkpoint import model_from_checkpoint
 from ..viz import confusion_png, metrics_markdown
-from .common import add_command, add_checkpoint_args, dataset_for, predict_options
+from .common import add_command, add_checkpoint_args, add_max_pixels, dataset_for, predict_options
 
 
 def add_parser(subs) -> None:
@@ -36,6 +37,7 @@ def add_parser(subs) -> None:
     p.add_argument("--no-ema", dest="ema", action="store_false",
                    help="score the last training weights instead of their moving average (runs with ema_decay)")
     p.add_argument("--device", default="auto")
+    add_max_pixels(p)
     p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 | int8 (CPU; VGG/ResNet backbones; "
                    "calibrates on the first 4 images, which run in fp32)")
     p.set_defaults(func=run)
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> None:
     if not dist.is_main():
         return
     metrics = report(result, args, ckpt, ds, model.classes, opts)
+    metrics["provenance"] = provenance(predictor.device, command=getattr(args, "command_line", None))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{ds.name}-{ds.split}"
     write_text(json.dumps(metrics, indent=2), out / "metrics.json")
     write_text(metrics_markdown(metrics), out / "metrics.md")

@@ -11,14 +11,14 @@ import torch
 from tqdm import tqdm
 
 from ..data import default_palette
-from ..data.io import read_image
+from ..data.io import open_image, read_image
 from ..errors import UserError
 from ..evaluation import restrict_to_classes
 from ..files import atomic_write
 from ..inference import Predictor
 from ..train.checkpoint import model_from_checkpoint
 from ..viz import overlay_with_legend, save_image, save_index_png
-from .common import add_command, predict_options
+from .common import add_command, add_max_pixels, predict_options
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -39,6 +39,7 @@ def add_parser(subs) -> None:
     p.add_argument("--window", type=int)
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--device", default="auto")
+    add_max_pixels(p)
     p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 | int8 (CPU; VGG/ResNet backbones; "
                    "calibrates on the first 4 inputs, which run in fp32)")
     p.set_defaults(func=run)
@@ -73,6 +74,19 @@ def tag_indices(tags: str, classes: list[str]) -> torch.Tensor:
     return torch.tensor(sorted({classes.index(n) for n in names}))
 
 
+def check_headers(files: list[Path]) -> None:
+    """Refuse at once, before the model loads, when no input can be read (a bomb, a typo'd file): one line."""
+    errors = []
+    for f in files:
+        try:
+            with open_image(f):
+                return
+        except UserError as e:
+            errors.append(str(e))
+    raise UserError(errors[0] if len(errors) == 1 else f"none of the {len(errors)} inputs can be read, e.g. "
+                    f"{errors[0]}")
+
+
 def run(args: argparse.Namespace) -> None:
     model, ckpt = model_from_checkpoint(args.checkpoint)
     allowed = tag_indices(args.tags, model.classes) if args.tags else None
@@ -82,6 +96,7 @@ def run(args: argparse.Namespace) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot write to output folder {out}: {e.strerror or e} (choose another --out)") from None
+    check_headers(files)
     palette = model.palette or default_palette(model.num_classes)
     predictor = Predictor(model, args.device, amp=args.amp)
     opts = predict_options(args, ckpt)
@@ -90,23 +105,25 @@ def run(args: argparse.Namespace) -> None:
     for f in tqdm(files, desc="predict", dynamic_ncols=True):
         try:
             image = read_image(f)
+            probs = predictor.predict_image(image[None], **opts).cpu()
         except UserError as e:
-            failed.append(str(e))
+            failed.append(str(e) if str(f) in str(e) else f"{f}: {e}")
             continue
-        probs = predictor.predict_image(image[None], **opts).cpu()
         if allowed is not None:
             probs = restrict_to_classes(probs, allowed)
         probs = probs[0]
         pred = probs.argmax(0)
         stem = f.stem if f.stem not in stems else f"{f.stem}-{stems[f.stem]}"
         stems[f.stem] = stems.get(f.stem, 0) + 1
+        if args.probs:
+            atomic_write(out / f"{stem}.npy", lambda fh, p=probs: np.save(fh, p.numpy().astype(np.float16)))
+        del probs  # the outputs below need only the argmax: C×H×W floats are GBs for a large photo
         save_index_png(pred, palette, out / f"{stem}.png")
         save_image(overlay_with_legend(image, pred, palette, model.classes, args.alpha), out / f"{stem}_overlay.png")
-        if args.probs:
-            atomic_write(out / f"{stem}.npy", lambda fh: np.save(fh, probs.numpy().astype(np.float16)))
     print(f"{len(files) - len(failed)} predictions in {out} (<name>.png: class indices with a palette; "
           f"<name>_overlay.png: colour overlay with legend)")
     if failed:
         for msg in failed:
             print(f"skipped: {msg}", file=sys.stderr)
-        raise UserError(f"{len(failed)} of {len(files)} inputs could not be read (listed above), e.g. {failed[0]}")
+        raise UserError(f"{len(failed)} of {len(files)} inputs could not be read or segmented (listed above), "
+                        f"e.g. {failed[0]}")

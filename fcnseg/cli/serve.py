@@ -5,8 +5,8 @@ import argparse
 import ipaddress
 
 from ..errors import UserError
-from ..serve import create_app
-from .common import add_command
+from ..serve import MAX_PIXELS, create_app
+from .common import add_command, add_max_pixels
 
 
 def add_parser(subs) -> None:
@@ -17,6 +17,7 @@ def add_parser(subs) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (MB)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (checkpoints only)")
+    add_max_pixels(p, MAX_PIXELS)
     p.set_defaults(func=run)
 
 
@@ -27,7 +28,9 @@ def run(args: argparse.Namespace) -> None:
         raise UserError("fcnseg serve needs uvicorn: pip install 'fcnseg[serve]'") from None
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be 1-65535, got {args.port}")
-    app = create_app(args.model, max_upload_mb=args.max_upload_mb, device=args.device)
+    if args.max_pixels < 0:
+        raise UserError(f"--max-pixels must be 0 (no limit) or a pixel count, got {args.max_pixels}")
+    app = create_app(args.model, max_upload_mb=args.max_upload_mb, device=args.device, max_pixels=args.max_pixels)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"fcnseg serve: {args.model} at http://{host}:{args.port}/ (Ctrl-C to stop)", flush=True)
     if not is_loopback(args.host):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..viz import visualize
-from .common import add_command, add_checkpoint_args
+from .common import add_command, add_checkpoint_args, add_max_pixels
 
 
 def add_parser(subs) -> None:
@@ -18,6 +18,7 @@ def add_parser(subs) -> None:
     p.add_argument("--crf-max-side", type=int, metavar="PX", help="CRF at most this many pixels on the longer side")
     p.add_argument("--out", help="PNG path (default: next to the checkpoint)")
     p.add_argument("--device", default="auto")
+    add_max_pixels(p)
     p.set_defaults(func=run)
 
 

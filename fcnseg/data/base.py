@@ -40,6 +40,9 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
     """Base class: subclasses set ``classes`` (and optionally ``palette``) and implement ``__len__`` and ``load``."""
 
     name: str = "dataset"
+    # reader options that choose samples within a split (CamVid's sequences): evaluating a checkpoint on another
+    # split than the one its run validated on drops them
+    selection_options: tuple[str, ...] = ()
     classes: Sequence[str] = ()
     palette: Sequence[tuple[int, int, int]] | None = None
     ignore_index: int = IGNORE_INDEX
@@ -112,7 +115,7 @@ class PairedFileDataset(SegmentationDataset):
 
     def load(self, index: int):
         img_path, mask_path = self.pairs[index]
-        image = read_image(img_path)
+        image = read_image(img_path, exif=False)  # masks label the stored pixels: no EXIF rotation
         mask = torch.from_numpy(self.to_train_ids(self.raw_mask(index)))
         if tuple(image.shape[-2:]) != tuple(mask.shape):
             raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {img_path} is "

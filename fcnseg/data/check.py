@@ -10,15 +10,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from tqdm import tqdm
 
 from ..errors import UserError
 from . import get_dataset
 from .base import PairedFileDataset, SegmentationDataset
+from .io import exif_orientation, read_image
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+ORIENTATIONS = {2: "mirrored", 3: "rotated 180°", 4: "flipped", 5: "mirrored and rotated 90°", 6: "rotated 90°",
+                7: "mirrored and rotated 270°", 8: "rotated 270°"}
 
 
 def _is_jpeg(path: Path) -> bool:
@@ -32,16 +33,19 @@ def _is_jpeg(path: Path) -> bool:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """Fully decode ``path`` with Pillow (which, unlike a lenient decoder, refuses truncated files) → (H, W)."""
-    if not path.is_file():
-        raise UserError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.size[1], im.size[0]
-    except Exception as e:  # Pillow raises OSError/SyntaxError/ValueError/… on corrupt data
-        raise UserError(f"cannot read image {path}: {e.__class__.__name__}: {e} (corrupt or truncated? re-export "
-                        f"or remove it)") from None
+    """Fully decode ``path`` as training does (the stored pixels) → (H, W); corrupt or truncated files raise."""
+    return tuple(read_image(path, exif=False).shape[-2:])
+
+
+def _orientation_problem(path: Path) -> str | None:
+    """A photo whose EXIF tag rotates it: training reads the stored pixels (masks label those), while predict and
+    serve show photos upright as viewers do, so a model trained on such data sees the photos turned."""
+    orientation = exif_orientation(path)
+    if orientation == 1:
+        return None
+    return (f"{path}: EXIF orientation {orientation} ({ORIENTATIONS.get(orientation, 'unknown')}): training reads "
+            f"the stored pixels, as its mask does, but predict and serve turn photos upright; save the image and "
+            f"its mask upright (e.g. Pillow's ImageOps.exif_transpose) and drop the tag")
 
 
 def _describe_values(raw: np.ndarray, train: np.ndarray, bad: np.ndarray, raw_differs: bool) -> str:
@@ -100,6 +104,8 @@ def check_dataset(ds: SegmentationDataset, *, progress: bool = True) -> list[str
                     size = _image_size(img_path)
                 except UserError as e:
                     problems.append(str(e))
+                if (turned := _orientation_problem(img_path)) is not None:
+                    problems.append(turned)
                 raw = np.asarray(ds.raw_mask(i))
                 if size is not None and tuple(raw.shape[:2]) != size:
                     problems.append(f"size mismatch: image {img_path} is {size[1]}x{size[0]} but mask {mask_path} is "

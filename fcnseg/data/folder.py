@@ -25,11 +25,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
 from .base import IGNORE_INDEX, PairedFileDataset, require_nonempty
-from .io import read_index_mask
+from .io import DECODE_ERRORS, open_image, read_index_mask
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +155,14 @@ class FolderDataset(PairedFileDataset):
             return np.where(arr < 0, IGNORE_INDEX, arr).astype(np.int64)
         if not self.color_table:
             return read_index_mask(path)
-        try:
-            with Image.open(path) as im:
-                im.load()
-                if im.mode not in ("RGB", "RGBA", "P", "PA"):  # grayscale masks hold indices
-                    return read_index_mask(path)
+        with open_image(path, what="mask") as im:
+            if im.mode not in ("RGB", "RGBA", "P", "PA"):  # grayscale masks hold indices
+                return read_index_mask(path)
+            try:
                 rgb = np.asarray(im.convert("RGB")).astype(np.int64)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise UserError(f"cannot read mask {path}: {e.__class__.__name__}: {e} (corrupt or truncated?)") from None
+            except DECODE_ERRORS as e:
+                raise UserError(f"cannot read mask {path}: {e.__class__.__name__}: {e} (corrupt or "
+                                f"truncated?)") from None
         packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         colours, inverse = np.unique(packed, return_inverse=True)
         unknown = [int(c) for c in colours if int(c) not in self.color_table]

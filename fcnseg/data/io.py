@@ -1,42 +1,132 @@
-"""Image and mask decoding with clear, one-line errors naming the file."""
+"""The one image decoder (Pillow) and mask readers, with one-line errors naming the file.
+
+Every path that reads an image — datasets, ``data check``, ``predict``, ``evaluate``, ``visualize``, ``serve`` —
+goes through :func:`read_image`. It reads the header first and refuses an image over ``max_pixels`` before
+decoding a single pixel (a 1 MB PNG can declare 30000×30000 pixels: a decompression bomb), applies EXIF orientation
+to photos (as viewers and browsers show them), converts every mode to uint8 RGB, and decodes the first frame of
+animations and multi-page files (with a warning).
+"""
 from __future__ import annotations
 
+import io
+import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import scipy.io
 import torch
-from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_image, read_file
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 
-Image.MAX_IMAGE_PIXELS = 200_000_000  # refuse decompression bombs beyond ~14k x 14k, far above any dataset here
+log = logging.getLogger("fcnseg")
+
+# Pillow's own bomb guard is a process-wide setting that would refuse an image a user allowed with --max-pixels;
+# the limit is applied here instead, to the header of every image and mask before it is decoded.
+Image.MAX_IMAGE_PIXELS = None
+# 100 MP: a 12,000×8,000 photo passes; a 30,000×30,000 bomb (2.7 GB of RGB) does not.
+MAX_PIXELS = 100_000_000
+_limit = [MAX_PIXELS]  # the process-wide limit: the commands' --max-pixels sets it (set_max_pixels)
+EXIF_ORIENTATION = 0x0112
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """Decode any image Pillow or torchvision reads into uint8 RGB ``3×H×W``.
+class ImageTooLarge(UserError):
+    """An image whose header declares more pixels than the limit (``serve`` answers 413)."""
 
-    Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images are converted; unreadable or truncated files
-    raise :class:`UserError` naming the file.
+
+class UnreadableImage(UserError):
+    """A file that is missing, not an image, or corrupt (``serve`` answers 400)."""
+
+
+def set_max_pixels(n: int | None) -> None:
+    """The limit every read uses when not given one: ``n`` pixels (0: no limit; None: the default, 100 MP)."""
+    if n is not None and n < 0:
+        raise UserError(f"--max-pixels must be 0 (no limit) or a pixel count, got {n}")
+    _limit[0] = MAX_PIXELS if n is None else n
+
+
+def _describe(source: str | Path | bytes, name: str | None) -> str:
+    return name or ("upload" if isinstance(source, bytes) else str(source))
+
+
+@contextmanager
+def open_image(source: str | Path | bytes, *, what: str = "image", name: str | None = None,
+               max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """Open ``source`` (a path or the file's bytes) with its header read and its size checked, nothing decoded.
+    ``max_pixels``: None → the process-wide limit (:func:`set_max_pixels`), 0 → none."""
+    label = _describe(source, name)
+    max_pixels = _limit[0] if max_pixels is None else max_pixels
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise UnreadableImage(f"{what} not found: {label}")
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            w, h = im.size
+            if max_pixels and w * h > max_pixels:
+                raise ImageTooLarge(f"{what} {label} is {w}×{h} = {w * h:,} pixels, over the limit of "
+                                    f"{max_pixels:,} (a decompression-bomb guard); if you trust the file, raise it "
+                                    f"with --max-pixels {w * h}")
+            yield im
+    except UserError:
+        raise
+    except DECODE_ERRORS as e:
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        raise UnreadableImage(f"cannot read {what} {label}: {e.__class__.__name__}: {detail} (corrupt or truncated? "
+                              f"re-export or remove the file)") from None
+
+
+def read_image(source: str | Path | bytes, *, exif: bool = True, max_pixels: int | None = None,
+               name: str | None = None) -> torch.Tensor:
+    """Decode an image file (or its bytes) into uint8 RGB ``3×H×W``.
+
+    ``exif``: rotate/flip by the EXIF orientation tag, so the result is the photo as displayed (datasets pass
+    False: their masks are drawn on the stored pixels). Grayscale, palette, CMYK, 16-bit and float images are
+    converted (16-bit ÷ 257); transparent images are composited onto white, as a viewer shows them; animations and
+    multi-page files give their first frame. Over ``max_pixels`` (None: the process-wide limit, 100 MP unless
+    :func:`set_max_pixels` changed it; 0: none) → :class:`ImageTooLarge`; missing, not an image,
+    corrupt or truncated → :class:`UnreadableImage`; both name the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image not found: {path}")
-    try:  # torchvision's libjpeg-turbo/libpng decoders are the fast path
-        img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        if img.dtype == torch.uint8 and img.ndim == 3 and img.shape[0] == 3:
-            return img
-    except (RuntimeError, ValueError):
-        pass
+    label = _describe(source, name)
+    with open_image(source, name=name, max_pixels=max_pixels) as im:
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            log.warning("%s has %d frames; using the first", label, frames)
+        try:
+            im.load()
+            if exif and im.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even when upright
+                im = ImageOps.exif_transpose(im)
+            # one copy, HWC → CHW, into a writable array (Pillow's array view is read-only)
+            arr = np.ascontiguousarray(np.asarray(to_rgb(im)).transpose(2, 0, 1))
+            if not arr.flags.writeable:  # one-pixel-high images were contiguous already: still Pillow's view
+                arr = arr.copy()
+        except DECODE_ERRORS as e:
+            detail = str(e).splitlines()[0][:200] if str(e) else ""
+            raise UnreadableImage(f"cannot read image {label}: {e.__class__.__name__}: {detail} (corrupt or "
+                                  f"truncated? re-export or remove the file)") from None
+    return torch.from_numpy(arr)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode → ``RGB``; alpha (RGBA, LA, palette transparency) composited onto white."""
+    if im.mode == "RGB":
+        return im
+    im = to_8bit(im)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation tag of an image file (1, the default, when absent or unreadable)."""
     try:
         with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(to_8bit(im).convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"cannot read image {path}: {e.__class__.__name__}: {e} (corrupt or truncated? re-export "
-                        f"or remove the file)") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+            return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except (*DECODE_ERRORS, TypeError):
+        return 1
 
 
 def to_8bit(im: Image.Image) -> Image.Image:
@@ -54,25 +144,25 @@ def to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(a.round().clip(0, 255).astype(np.uint8))
 
 
-def read_index_mask(path: str | Path) -> np.ndarray:
-    """Read a class-index mask (palette PNG or grayscale PNG) as a ``H×W`` uint8/uint16 array of raw values."""
+def read_index_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read a class-index mask (palette PNG or grayscale PNG) as a ``H×W`` uint8/int64 array of raw values. Masks
+    are never rotated by EXIF orientation: they label the stored pixels."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"mask not found: {path}")
-    try:
-        with Image.open(path) as im:
+    with open_image(path, what="mask", max_pixels=max_pixels) as im:
+        try:
             im.load()
-            if im.mode in ("P", "L", "I;16", "I;16B", "I", "1"):
-                return np.asarray(im).astype(np.int64 if im.mode.startswith("I") else np.uint8)
-            if im.mode in ("RGB", "RGBA"):
-                arr = np.asarray(im)
-                if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
-                    return arr[..., 0].copy()  # an index mask saved as grey RGB
-                raise UserError(f"mask {path} is an RGB colour image; give the dataset a colour table "
-                                f"(folder: colors in classes.txt) or convert it to an index PNG")
-            raise UserError(f"mask {path} has unsupported mode {im.mode}; save it as a palette or grayscale PNG")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"cannot read mask {path}: {e.__class__.__name__}: {e} (corrupt or truncated?)") from None
+        except DECODE_ERRORS as e:
+            raise UnreadableImage(f"cannot read mask {path}: {e.__class__.__name__}: {e} (corrupt or "
+                                  f"truncated?)") from None
+        if im.mode in ("P", "L", "I;16", "I;16B", "I", "1"):
+            return np.asarray(im).astype(np.int64 if im.mode.startswith("I") else np.uint8)
+        if im.mode in ("RGB", "RGBA"):
+            arr = np.asarray(im)
+            if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
+                return arr[..., 0].copy()  # an index mask saved as grey RGB
+            raise UserError(f"mask {path} is an RGB colour image; give the dataset a colour table "
+                            f"(folder: colors in classes.txt) or convert it to an index PNG")
+        raise UserError(f"mask {path} has unsupported mode {im.mode}; save it as a palette or grayscale PNG")
 
 
 def read_mat_variable(path: str | Path, name: str) -> np.ndarray:

@@ -188,8 +188,19 @@ def next_batch(stream):
         # a DataLoader worker re-raises our error with its traceback in the message: keep the original line
         lines = [line for line in str(e).splitlines() if line.strip()]
         if len(lines) > 1:
-            raise UserError(lines[-1].split("UserError: ", 1)[-1]) from None
+            raise UserError(_strip_error_class(lines[-1])) from None
         raise
+
+
+def _strip_error_class(line: str) -> str:
+    """``fcnseg.data.io.UnreadableImage: cannot read …`` → ``cannot read …`` (UserError and its subclasses)."""
+    names, todo = set(), [UserError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    head, sep, rest = line.partition(": ")
+    return rest if sep and head.rsplit(".", 1)[-1] in names else line
 
 
 def prepare_batch(run: Run, images: torch.Tensor, masks: torch.Tensor, indices: list[int],

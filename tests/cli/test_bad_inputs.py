@@ -75,7 +75,7 @@ def cut(path: Path, keep: float = 0.5) -> Path:
 
 
 @pytest.fixture(scope="module")
-def w(tmp_path_factory, make_checkpoint) -> types.SimpleNamespace:
+def w(tmp_path_factory, make_checkpoint, photos) -> types.SimpleNamespace:
     """Every bad (and odd-but-fine) file the cases below use, made once."""
     d = tmp_path_factory.mktemp("bad")
     ns = types.SimpleNamespace(dir=d)
@@ -101,6 +101,7 @@ def w(tmp_path_factory, make_checkpoint) -> types.SimpleNamespace:
     Image.fromarray(rgb(1)).save(img / "photo.jpg", quality=90)
     ns.trunc_png = cut(Path(_copy(img / "good.png", d / "truncated.png")))
     ns.trunc_jpg = cut(Path(_copy(img / "photo.jpg", d / "truncated.jpg")))
+    ns.bomb = photos.png_bomb(d / "bomb.png", 12_000)
     ns.junk_png = d / "junk.png"
     ns.junk_png.write_bytes(b"this is not an image\n")
     ns.empty_png = d / "empty.png"
@@ -212,6 +213,12 @@ CASES = [
          lambda w, t: f"cannot read image {w.trunc_png}: OSError: image file is truncated"),
     Case("truncated JPEG", "predict", lambda w, t: ["predict", w.ckpt, w.trunc_jpg, "--out", t],
          lambda w, t: f"cannot read image {w.trunc_jpg}: OSError: image file is truncated"),
+    Case("decompression bomb", "predict", lambda w, t: ["predict", w.ckpt, w.bomb, "--out", t],
+         lambda w, t: f"image {w.bomb} is 12000×12000 = 144,000,000 pixels, over the limit of 100,000,000"),
+    Case("image over --max-pixels", "predict",
+         lambda w, t: ["predict", w.ckpt, w.odd["gray"], "--out", t, "--max-pixels", "100"],
+         lambda w, t: f"image {w.odd['gray']} is {W}×{H} = {W * H:,} pixels, over the limit of 100 (a "
+                      f"decompression-bomb guard); if you trust the file, raise it with --max-pixels {W * H}"),
     Case("output folder is a file", "predict", lambda w, t: ["predict", w.ckpt, w.ckpt, "--out", w.a_file / "sub"],
          lambda w, t: f"cannot write to output folder {w.a_file / 'sub'}: Not a directory"),
     Case("truncated checkpoint (predict)", "predict", lambda w, t: ["predict", w.trunc_ckpt, w.junk_png, "--out", t],
@@ -561,7 +568,10 @@ def _png(seed=0, size=(H, W)) -> bytes:
 SERVE_CASES = [  # id, filename, content, status, message excerpt
     ("non-image upload", "notes.txt", b"hello, not an image", 415, "notes.txt is not a supported image"),
     ("image extension, text content", "photo.png", b"<html>surprise</html>", 415, "photo.png is not a supported"),
-    ("truncated PNG upload", "cut.png", _png()[:200], 400, "cannot decode cut.png as PNG"),
+    ("truncated PNG upload", "cut.png", _png()[:200], 400,
+     "cannot read image cut.png: OSError: image file is truncated"),
+    ("decompression bomb upload", "bomb.png", lambda photos: photos.png_bomb(None, 12_000), 413,
+     "image bomb.png is 12000×12000 = 144,000,000 pixels, over the limit of 40,000,000"),
     ("empty upload", "empty.png", b"", 400, "empty.png is empty"),
     ("oversized upload", "big.png", b"\x89PNG\r\n\x1a\n" + os.urandom(600_000), 413, "upload too large: the limit is"),
     ("path traversal in a non-image's name", "../../../../etc/passwd", b"root:x:0:0", 415,
@@ -570,8 +580,9 @@ SERVE_CASES = [  # id, filename, content, status, message excerpt
 
 
 @pytest.mark.parametrize("case", SERVE_CASES, ids=[c[0] for c in SERVE_CASES])
-def test_serve_rejects_bad_uploads_with_json_error(case, client):
+def test_serve_rejects_bad_uploads_with_json_error(case, client, photos):
     _, filename, content, status, message = case
+    content = content(photos) if callable(content) else content
     r = client.post("/segment", files={"file": (filename, content, "application/octet-stream")})
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")

@@ -76,6 +76,25 @@ def test_evaluate_writes_metrics(checkpoint, tmp_path, capsys):
     assert t["pixel_accuracy"] >= m["pixel_accuracy"]
 
 
+def test_evaluate_records_where_its_figures_come_from(checkpoint, tmp_path, capsys):
+    """metrics.json says which code (version, commit), libraries, machine and command produced it, and when."""
+    import datetime
+    import torch
+    import torchvision
+    import fcnseg
+    from fcnseg.provenance import git_commit
+    from fcnseg.runtime import cpu_model
+    assert main(["evaluate", str(checkpoint), "--out", str(tmp_path / "ev"), "--device", "cpu"]) == 0
+    p = json.loads((tmp_path / "ev" / "metrics.json").read_text())["provenance"]
+    assert p["fcnseg_version"] == fcnseg.__version__ and p["git_commit"] == git_commit()[0]
+    assert p["torch_version"] == torch.__version__ and p["torchvision_version"] == torchvision.__version__
+    assert p["device"] == "cpu" and p["cpu_model"] == cpu_model() and p["gpu_name"] is None
+    assert p["command"] == f"fcnseg evaluate {checkpoint} --out {tmp_path / 'ev'} --device cpu"
+    date = datetime.datetime.fromisoformat(p["date"].replace("Z", "+00:00"))
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - date).total_seconds()) < 300
+    assert f"Provenance: fcnseg {fcnseg.__version__}" in (tmp_path / "ev" / "metrics.md").read_text()
+
+
 def test_predict_writes_palette_pngs_and_overlays(checkpoint, tmp_path):
     imgs = tmp_path / "in"
     imgs.mkdir()
@@ -110,8 +129,15 @@ def test_predict_reports_unreadable_inputs(checkpoint, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     assert main(["predict", str(checkpoint), str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err  # no input readable: refused before the model runs
+    assert err.strip() == f"fcnseg: error: cannot read image {bad}: OSError: Truncated File Read (corrupt or " \
+                          "truncated? re-export or remove the file)"
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(good)
+    assert main(["predict", str(checkpoint), str(bad), str(good), "--out", str(tmp_path / "o"), "--amp", "none"]) == 2
     err = capsys.readouterr().err
-    assert "bad.png" in err and "1 of 1 inputs could not be read" in err
+    assert f"skipped: cannot read image {bad}" in err and "1 of 2 inputs could not be read" in err
+    assert (tmp_path / "o" / "good.png").is_file()
 
 
 @pytest.mark.parametrize("option, message", [(["--scales", "0,1"], "--scales must all be positive, got '0,1'"),

@@ -50,6 +50,19 @@ def test_truncated_image(tmp_path):
     assert msg.startswith(f"cannot read image {img}: ") and "truncated" in msg
 
 
+def test_images_with_exif_orientation_are_reported_and_read_as_stored(tmp_path, photos):
+    """Training reads a dataset image's stored pixels (its mask labels those), while predict turns photos upright:
+    data check says so for each such image."""
+    folder(tmp_path, {"a": mask_with([0]), "b": mask_with([1])})
+    img = tmp_path / "images" / "b.jpg"
+    stored = np.asarray(Image.open(img))
+    photos.with_orientation(img, stored, 6, quality=95)
+    msg = only(check(tmp_path))
+    assert msg.startswith(f"{img}: EXIF orientation 6 (rotated 90°): training reads the stored pixels")
+    image, mask = get_dataset("folder", tmp_path, "all")[1]
+    assert tuple(image.shape[-2:]) == tuple(mask.shape) == stored.shape[:2]
+
+
 def test_unreadable_mask(tmp_path):
     folder(tmp_path, {"a": mask_with([0])})
     mask = tmp_path / "masks" / "a.png"
