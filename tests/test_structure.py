@@ -103,7 +103,7 @@ def test_imports_flow_one_way():
     """cli → train / evaluation / serve / export → models / data / weights → runtime / files / errors."""
     graph = import_graph()
     lowest = {"fcnseg.errors", "fcnseg.files", "fcnseg.runtime", "fcnseg.distributed", "fcnseg.normalization",
-              "fcnseg.metrics"}
+              "fcnseg.metrics", "fcnseg.imagefile"}
     middle = ("fcnseg.models", "fcnseg.data", "fcnseg.weights")
     for name, targets in graph.items():
         if name in lowest:

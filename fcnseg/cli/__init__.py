@@ -1,5 +1,9 @@
-"""``fcnseg`` — one command for the whole workflow: one module per command (its arguments and what it prints),
-each calling the library."""
+"""``fcnseg`` — one command for the whole workflow.
+
+Loading the commands loads torch and torchvision (4–7 s on a 2-core CPU), so ``main`` first checks what needs no
+torch: the images ``fcnseg predict`` is given (a decompression bomb or a file that is no image is refused in one line
+before the model is touched), then hands over to :mod:`fcnseg.cli.commands`.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,41 +11,31 @@ import logging
 import sys
 
 from .. import __version__
-from ..data.io import set_max_pixels
 from ..errors import UserError
-from . import benchmark, data, demo, evaluate, export, models, plot, predict, serve, train, visualize
-from .common import Parser
-
-# every command, in the order `fcnseg --help` lists them. export (ONNX), serve and the CRF options need optional
-# packages; their commands are always listed and say what to pip install when they run without them.
-COMMANDS = (demo, train, evaluate, predict, visualize, plot, data, models, export, serve, benchmark)
-
-
-def build_parser() -> Parser:
-    parser = Parser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation.",
-                    epilog="example:\n  fcnseg demo\n  fcnseg train --recipe demo --out runs/demo",
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
-    subs = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in COMMANDS:
-        command.add_parser(subs)
-    return parser
+from . import predict
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``fcnseg ARGV``; its exit status (2: a user error, reported in one line)."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    args = build_parser().parse_args(argv)
-    args.command_line = ["fcnseg", *(sys.argv[1:] if argv is None else argv)]  # recorded in metrics.json
-    try:
-        set_max_pixels(getattr(args, "max_pixels", None))
-        args.func(args)
-    except UserError as e:
-        print(f"fcnseg: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fcnseg: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    if argv == ["--version"]:
+        print(f"fcnseg {__version__}")
+        return 0
+    if argv[:1] == ["predict"]:
+        try:
+            predict.preflight(argv[1:])
+        except UserError as e:
+            print(f"fcnseg: error: {e}", file=sys.stderr)
+            return 2
+    from .commands import run  # every command and, through them, torch
+    return run(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command (loads them, and torch)."""
+    from .commands import build_parser as build
+    return build()
 
 
 __all__ = ["build_parser", "main"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from ..data import SegmentationDataset
 from ..errors import UserError
-from ..evaluation import checkpoint_dataset, protocol_options
+
+if TYPE_CHECKING:
+    from ..data import SegmentationDataset
 
 
 class Parser(argparse.ArgumentParser):
@@ -49,6 +51,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 
 def dataset_for(ckpt: dict, args: argparse.Namespace) -> SegmentationDataset:
+    from ..evaluation import checkpoint_dataset  # torch: not at import, which `fcnseg predict`'s input check needs
     return checkpoint_dataset(ckpt, name=args.data, root=args.root, split=args.split)
 
 
@@ -65,4 +68,5 @@ def predict_options(args: argparse.Namespace, ckpt: dict) -> dict:
     window = getattr(args, "window", None)
     if window is not None and window < 1:
         raise UserError(f"--window is a tile size in pixels and must be at least 1, got {window}")
+    from ..evaluation import protocol_options  # torch: not at import (see dataset_for)
     return protocol_options(ckpt, flip=getattr(args, "flip", None), scales=scales, window=window)

@@ -6,19 +6,9 @@ import glob
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from ..data import default_palette
-from ..data.io import open_image, read_image
 from ..errors import UserError
-from ..evaluation import restrict_to_classes
-from ..files import atomic_write
-from ..inference import Predictor
-from ..train.checkpoint import model_from_checkpoint
-from ..viz import overlay_with_legend, save_image, save_index_png
-from .common import add_command, add_max_pixels, predict_options
+from ..imagefile import open_image, set_max_pixels
+from .common import Parser, add_command, add_max_pixels, predict_options
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -64,14 +54,14 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def tag_indices(tags: str, classes: list[str]) -> torch.Tensor:
-    """``"null,skin,dress"`` → a tensor of those classes' indices; an unknown name is a user error."""
+def tag_indices(tags: str, classes: list[str]) -> list[int]:
+    """``"null,skin,dress"`` → those classes' indices, sorted; an unknown name is a user error."""
     names = [t.strip() for t in tags.split(",") if t.strip()]
     unknown = [n for n in names if n not in classes]
     if not names or unknown:
         raise UserError(f"--tags: unknown class {(unknown or [tags])[0]!r}; the model's classes are "
                         f"{', '.join(classes)}")
-    return torch.tensor(sorted({classes.index(n) for n in names}))
+    return sorted({classes.index(n) for n in names})
 
 
 def check_headers(files: list[Path]) -> None:
@@ -87,9 +77,35 @@ def check_headers(files: list[Path]) -> None:
                     f"{errors[0]}")
 
 
+def preflight(argv: list[str]) -> None:
+    """``fcnseg predict ARGV``'s inputs checked with Pillow alone, before torch loads (4–7 s): when none of them can
+    be opened as an image within the pixel limit, the one-line error comes at once. Argument mistakes are left to
+    the full parser, which reports them the same way."""
+    parser = Parser(prog="fcnseg")
+    add_parser(parser.add_subparsers(dest="command", parser_class=Parser))
+    args, _ = parser.parse_known_args(["predict", *argv])
+    if not Path(args.checkpoint).is_file():
+        return  # the checkpoint's own one-line error comes first, from the loader
+    set_max_pixels(args.max_pixels)
+    check_headers(expand_inputs(args.inputs))
+
+
 def run(args: argparse.Namespace) -> None:
+    # the library, and torch with it, loads here: `preflight` runs without it
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from ..data import default_palette
+    from ..data.io import read_image
+    from ..evaluation import restrict_to_classes
+    from ..files import atomic_write
+    from ..inference import Predictor
+    from ..train.checkpoint import model_from_checkpoint
+    from ..viz import overlay_with_legend, save_image, save_index_png
+
     model, ckpt = model_from_checkpoint(args.checkpoint)
-    allowed = tag_indices(args.tags, model.classes) if args.tags else None
+    allowed = torch.tensor(tag_indices(args.tags, model.classes)) if args.tags else None
     files = expand_inputs(args.inputs)
     out = Path(args.out)
     try:

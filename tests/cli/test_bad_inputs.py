@@ -219,9 +219,11 @@ CASES = [
          lambda w, t: ["predict", w.ckpt, w.odd["gray"], "--out", t, "--max-pixels", "100"],
          lambda w, t: f"image {w.odd['gray']} is {W}×{H} = {W * H:,} pixels, over the limit of 100 (a "
                       f"decompression-bomb guard); if you trust the file, raise it with --max-pixels {W * H}"),
-    Case("output folder is a file", "predict", lambda w, t: ["predict", w.ckpt, w.ckpt, "--out", w.a_file / "sub"],
+    Case("output folder is a file", "predict",
+         lambda w, t: ["predict", w.ckpt, w.odd["gray"], "--out", w.a_file / "sub"],
          lambda w, t: f"cannot write to output folder {w.a_file / 'sub'}: Not a directory"),
-    Case("truncated checkpoint (predict)", "predict", lambda w, t: ["predict", w.trunc_ckpt, w.junk_png, "--out", t],
+    Case("truncated checkpoint (predict)", "predict",
+         lambda w, t: ["predict", w.trunc_ckpt, w.odd["gray"], "--out", t],
          lambda w, t: f"cannot read {w.trunc_ckpt}: PytorchStreamReader failed reading zip archive"),
     Case("missing --out", "predict", lambda w, t: ["predict", w.ckpt, w.junk_png],
          "the following arguments are required: --out"),
