@@ -12,6 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
+from ..imagefile import set_max_pixels
 from . import predict
 
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as e:
             print(f"fcnseg: error: {e}", file=sys.stderr)
             return 2
+        finally:
+            set_max_pixels(None)  # the command sets it again from its own arguments
     from .commands import run  # every command and, through them, torch
     return run(argv)
 

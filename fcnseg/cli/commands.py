@@ -40,6 +40,8 @@ def run(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("fcnseg: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_max_pixels(None)  # a process-wide setting: the next command (or library call) starts from the default
     return 0
 
 

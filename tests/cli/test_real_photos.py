@@ -141,3 +141,11 @@ def test_the_command_line_checks_predict_inputs_before_loading_torch(ckpt, tmp_p
     assert callable(fcnseg.build_model) and fcnseg.Predictor is Predictor  # the API still resolves on use
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         fcnseg.nope  # noqa: B018
+
+
+def test_max_pixels_does_not_outlive_its_command(ckpt, upright, tmp_path, capsys):
+    from fcnseg.data.io import read_image
+    Image.fromarray(upright).save(tmp_path / "a.png")
+    assert main(["predict", str(ckpt), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
+                 "--max-pixels", "10"]) == 2
+    assert read_image(tmp_path / "a.png").shape == (3, 72, 104)  # the library's default limit again
