@@ -131,8 +131,7 @@ class Predictor:
         window = self.plan_window(images.shape[0], (h, w), size0, scales, window, flip)
         x0 = self.normalize(images)
         if input_size:
-            x0 = F.interpolate(x0, size=resized_size(h, w, input_size), mode="bilinear", align_corners=False,
-                               antialias=True)
+            x0 = F.interpolate(x0, size=size0, mode="bilinear", align_corners=False, antialias=True)
         probs = None  # the first pass's softmax becomes the sum: no zero-filled C×H×W map beside it
         for s in scales:
             # by size, not scale_factor: the way back below maps by the sizes' ratio, so must the way there (with a
@@ -163,14 +162,16 @@ class Predictor:
         top, c = max(scales), self.num_classes
         scaled = size0[0] * size0[1] * top * top
         budget = self.memory_budget or available_memory(self.device) // 2
+        source = "memory_budget" if self.memory_budget else "half the available memory"
+        limit = f"the memory budget of {_gb(budget)} ({source})"
         outputs = n * self.output_bytes(h * w, scaled, c, passes=len(scales) * (2 if flip else 1),
                                         rescaled=any(s != 1 for s in scales) or tuple(size0) != (h, w))
         if outputs > budget:
             hint = "; try --scales 1" if len(scales) > 1 else ""
             raise UserError(f"a {w}×{h} image needs about {_gb(outputs)} for its full-resolution class scores "
-                            f"({c} classes, {len(scales)} scale(s){', flipped' if flip else ''}), more than the "
-                            f"memory budget of {_gb(budget)} (half the available memory){hint}; downscale the "
-                            f"image or use a machine with more memory")
+                            f"({c} classes, {len(scales)} scale(s){', flipped' if flip else ''}), more than "
+                            f"{limit}{hint}; downscale the image or use a machine "
+                            f"with more memory")
         if window is not None or scaled <= PLAN_ABOVE_PIXELS:
             return window
         room = budget - outputs
@@ -180,7 +181,7 @@ class Predictor:
         while n * self.forward_bytes((side + 32) ** 2) <= room and side + 32 < max(size0) * top:
             side += 32
         if n * self.forward_bytes(side * side) > room:
-            raise UserError(f"a {w}×{h} image does not fit the memory budget of {_gb(budget)} even in "
+            raise UserError(f"a {w}×{h} image does not fit {limit} even in "
                             f"{side}-pixel tiles; use a machine with more memory")
         log.info("%d×%d image: tiled into %d×%d windows to stay within the memory budget of %s", w, h, side, side,
                  _gb(budget))

@@ -21,7 +21,6 @@ import threading
 import time
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from fcnseg.data import get_dataset
-from fcnseg.data.synthetic import CLASSES, PALETTE
+from fcnseg.data.synthetic import CLASSES
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -193,7 +193,7 @@ def next_batch(stream):
 
 
 def _strip_error_class(line: str) -> str:
-    """``fcnseg.data.io.UnreadableImage: cannot read …`` → ``cannot read …`` (UserError and its subclasses)."""
+    """``fcnseg.imagefile.UnreadableImage: cannot read …`` → ``cannot read …`` (UserError and its subclasses)."""
     names, todo = set(), [UserError]
     while todo:
         cls = todo.pop()

@@ -136,8 +136,8 @@ def test_data_check_takes_reader_options(camvid, capsys):
     assert "--option expects KEY=VALUE, got 'sequences'" in capsys.readouterr().err
 
 
-def test_real_camvid_sequences():
-    root = REPO.parent / "shared" / "datasets" / "camvid"
+def test_real_camvid_sequences(shared):
+    root = shared / "datasets" / "camvid"
     if not root.is_dir():
         pytest.skip(f"real dataset not available: {root}")
     counts = {s: len(get_dataset("camvid", root, "trainval", sequences=s)) for s in ("0001TP", "0006R0", "0016E5")}

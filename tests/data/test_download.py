@@ -9,11 +9,9 @@ import threading
 import zipfile
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-from fcnseg.data import download as dl
 from fcnseg.data.download import DATASETS, DatasetSource, RemoteFile, download, extract
 from fcnseg.errors import UserError
 
