@@ -5,25 +5,42 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class Normalization:
     """How a uint8 RGB image becomes the tensor a model expects: scale to ``value_range``, optionally flip to BGR,
-    then ``(x - mean) / std`` per channel (in the model's channel order)."""
+    then ``(x - mean) / std`` per channel (in the model's channel order).
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    Inputs with more channels than RGB (NYUDv2's RGB-D and HHA) give one ``mean`` / ``std`` entry per channel;
+    ``bgr`` then flips the first three (the colour ones), and the ``log_channels`` hold depth in millimetres, which
+    become ``log(depth)`` instead of being scaled (the FCN authors' depth input, nyud_layers.py)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
     bgr: bool = False
     value_range: float = 1.0
     name: str = "custom"
+    log_channels: tuple[int, ...] = ()
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 (or 0-255 float) ``[..., 3, H, W]`` RGB → normalised float32."""
-        x = image.float() * (self.value_range / 255.0)
+        """uint8 (or 0-255 float) ``[..., C, H, W]`` → normalised float32 (C = 3, RGB, unless ``mean`` says more)."""
+        c = len(self.mean)
+        if image.shape[-3] != c:
+            raise UserError(f"the model takes {c}-channel input (normalisation {self.name!r}) but got "
+                            f"{image.shape[-3]} channels; give it images of the kind it was trained on")
+        x = image.float()
+        if self.log_channels:  # depth ≤ 0 mm (no reading) counts as 1 mm: a finite log
+            is_log = torch.zeros(c, dtype=torch.bool, device=x.device)
+            is_log[list(self.log_channels)] = True
+            x = torch.where(is_log.view(c, 1, 1), x.clamp(min=1.0).log(), x * (self.value_range / 255.0))
+        else:
+            x = x * (self.value_range / 255.0)
         if self.bgr:
-            x = x.flip(-3)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+            x = x.flip(-3) if c == 3 else torch.cat((x[..., :3, :, :].flip(-3), x[..., 3:, :, :]), -3)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(c, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(c, 1, 1)
         return (x - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@
 * ``POST /segment`` — multipart field ``file``. ``?format=png`` (or ``Accept: image/png``) returns the palette index
   PNG (pixel value = class index); ``?format=json`` (the default) returns ``width``, ``height``, the ``classes``
   present (index, name, color, pixels, percent) and base64 PNGs ``mask_png`` (index PNG) and ``overlay_png``.
+  ``crf=1`` (query parameter or form field; ``crf_max_side=PX`` likewise) refines the mask with DenseCRF, as
+  ``fcnseg predict --crf``; without the optional pydensecrf2 that answers 501.
 * ``GET /healthz`` — JSON model info.
 
 Uploads are bounded (413), must be an image (415) that decodes (400); errors are ``{"error": "..."}``. The uploaded
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import __version__
+from .crf import CRFUnavailable, dense_crf, require_crf
 from .data import default_palette
 from .data.io import ImageTooLarge, read_image
 from .errors import UserError
@@ -39,6 +42,7 @@ MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers on top of the file
 IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
                (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"P1", "PBM"), (b"P2", "PGM"),
                (b"P3", "PPM"), (b"P4", "PBM"), (b"P5", "PGM"), (b"P6", "PPM"))
+SWITCH = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
 
 
 class HTTPError(Exception):
@@ -102,9 +106,12 @@ class TorchSegmenter:
                      "num_classes": model.num_classes, "normalization": model.normalization.to_dict(),
                      "device": str(self.predictor.device), "iteration": ckpt.get("iteration")}
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
         opts = {"input_size": self.resize} if self.resize else {}
-        return self.predictor.predict_image(image[None], **opts)[0].argmax(0).cpu()
+        return self.predictor.predict_image(image[None], **opts)[0].cpu()
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(image).argmax(0)
 
 
 class OnnxSegmenter:
@@ -135,7 +142,14 @@ class OnnxSegmenter:
         self.info = {"format": "onnx", "arch": spec.get("arch"), "backbone": spec.get("backbone"),
                      "num_classes": len(self.classes), "normalization": norm, "device": "cpu (onnxruntime)"}
 
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        return self.logits(image).softmax(0)
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.logits(image).argmax(0)
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """C×H×W class scores at the image's size."""
         h, w = image.shape[-2:]
         x = image.float()[None]
         if self.resize:
@@ -149,7 +163,7 @@ class OnnxSegmenter:
         logits = torch.from_numpy(self.session.run(None, {"image": x.numpy()})[0])[..., :xh, :xw]
         if (xh, xw) != (h, w):
             logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        return logits[0].argmax(0)
+        return logits[0]
 
 
 def _palette(palette, n: int) -> list[list[int]]:
@@ -215,8 +229,11 @@ class BodyLimit:
 
 
 def create_app(model_path: str | Path, *, max_upload_mb: float = 20.0, device: str = "auto", amp: str = "auto",
-               max_pixels: int = MAX_PIXELS):
-    """The FastAPI app serving ``model_path`` (a checkpoint or an ``.onnx`` export), loaded once, here."""
+               max_pixels: int = MAX_PIXELS, crf: bool = False, crf_max_side: int | None = None):
+    """The FastAPI app serving ``model_path`` (a checkpoint or an ``.onnx`` export), loaded once, here.
+
+    ``crf`` / ``crf_max_side``: the DenseCRF refinement requests get unless they say ``crf=0`` / ``crf_max_side=PX``
+    (``crf=True`` needs pydensecrf2 and fails here, at start, without it)."""
     try:  # lazy: an optional extra
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
@@ -227,7 +244,10 @@ def create_app(model_path: str | Path, *, max_upload_mb: float = 20.0, device: s
     except ImportError as e:
         raise UserError(f"fcnseg serve needs {e.name}: pip install 'fcnseg[serve]'") from None
 
+    if crf:
+        require_crf()
     segmenter = load_segmenter(model_path, device, amp)
+    crf_info = {"available": crf_available(), "default": crf, "max_side": crf_max_side}
     limit = int(max_upload_mb * 2**20)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     lock = threading.Lock()  # one inference at a time: the model is shared and CPU-bound
@@ -270,11 +290,11 @@ def create_app(model_path: str | Path, *, max_upload_mb: float = 20.0, device: s
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "model": model_info, "max_upload_mb": max_upload_mb}
+        return {"status": "ok", "model": model_info, "max_upload_mb": max_upload_mb, "crf": crf_info}
 
-    def run(image: torch.Tensor) -> torch.Tensor:
+    def run(image: torch.Tensor, refine: bool, max_side: int | None) -> torch.Tensor:
         with lock:
-            return segmenter(image)
+            return dense_crf(image, segmenter.probabilities(image), max_side=max_side) if refine else segmenter(image)
 
     @app.post("/segment")
     async def segment(request: Request, format: str | None = None):  # noqa: A002 - the query parameter's name
@@ -289,6 +309,7 @@ def create_app(model_path: str | Path, *, max_upload_mb: float = 20.0, device: s
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise HTTPError(400, "no file: send the image in the multipart field 'file'")
+        refine, max_side = crf_request(request.query_params, form, default=crf, max_side=crf_max_side)
         name = safe_name(upload.filename)
         data = await upload.read()
         await form.close()
@@ -296,7 +317,7 @@ def create_app(model_path: str | Path, *, max_upload_mb: float = 20.0, device: s
             raise HTTPError(400, f"{name} is empty")
         image = await run_in_threadpool(decode_image, data, name, max_pixels)
         t0 = time.perf_counter()
-        mask = await run_in_threadpool(run, image)
+        mask = await run_in_threadpool(run, image, refine, max_side)
         elapsed = (time.perf_counter() - t0) * 1000
         stem = name.rsplit(".", 1)[0] or "image"
         mask_png = index_png(mask, segmenter.palette)
@@ -312,9 +333,40 @@ def create_app(model_path: str | Path, *, max_upload_mb: float = 20.0, device: s
         return {"filename": name, "width": int(image.shape[-1]), "height": int(image.shape[-2]),
                 "classes": present, "mask_png": base64.b64encode(mask_png).decode("ascii"),
                 "overlay_png": base64.b64encode(ov).decode("ascii"), "elapsed_ms": round(elapsed, 1),
-                "download_name": f"{stem}_mask.png"}
+                "download_name": f"{stem}_mask.png", "crf": refine}
 
     return app
+
+
+def crf_available() -> bool:
+    try:
+        require_crf()
+    except CRFUnavailable:
+        return False
+    return True
+
+
+def crf_request(query, form, *, default: bool, max_side: int | None) -> tuple[bool, int | None]:
+    """A request's ``crf`` and ``crf_max_side`` (form field, else query parameter, else the server's default);
+    :class:`HTTPError` 400 for a value that is neither, 501 for ``crf=1`` without pydensecrf2."""
+    def get(key):
+        value = form.get(key)
+        return query.get(key) if value is None else value
+
+    crf = get("crf")
+    if crf is not None:
+        if not isinstance(crf, str) or crf.lower() not in SWITCH:
+            raise HTTPError(400, f"crf must be 1 or 0 (true/false, on/off), got {str(crf)[:40]!r}")
+        default = SWITCH[crf.lower()]
+    side = get("crf_max_side")
+    if side not in (None, ""):
+        if not isinstance(side, str) or not (side.isascii() and side.isdigit()) or int(side) < 1:
+            raise HTTPError(400, f"crf_max_side must be a whole number of pixels >= 1, got {str(side)[:40]!r}")
+        max_side = int(side)
+    if default and not crf_available():
+        raise HTTPError(501, "crf=1: DenseCRF is not installed on this server (pip install 'fcnseg[crf]' there, or "
+                             "send the request without crf)")
+    return default, max_side
 
 
 def _class_name(classes, c: int) -> str:

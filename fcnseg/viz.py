@@ -125,24 +125,33 @@ def visualize(checkpoint: str | Path, *, data: str | None = None, root: str | No
     (default: ``visualize.png`` next to the checkpoint)."""
     model, ckpt = model_from_checkpoint(checkpoint)
     ds = checkpoint_dataset(ckpt, name=data, root=root, split=split)
-    palette = ds.get_palette()
     predictor = Predictor(model, device)
     options = protocol_options(ckpt)
     g = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(ds), generator=g)[:n].tolist()
+    out = Path(out) if out else Path(checkpoint).parent / "visualize.png"
+    save_image(prediction_grid(predictor, ds, picks, options, crf=crf, crf_max_side=crf_max_side), out)
+    return out
+
+
+def prediction_grid(predictor: Predictor, ds, indices: Sequence[int], options: dict, *, crf: bool = False,
+                    crf_max_side: int | None = None) -> Image.Image:
+    """input | truth | prediction (| CRF) of the samples ``ds[indices]``, predicted with ``options`` (those of
+    ``Predictor.predict_image``), as one grid with column titles and the dataset's legend."""
+    palette = ds.get_palette()
     rows = []
-    for i in picks:
+    for i in indices:
         image, mask = ds[i]
         image, mask = image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+        mask = mask[0] if mask.ndim == 3 else mask  # a several-head dataset: the first head's, as predicted
         probs = predictor.predict_image(image[None], **options)[0].cpu()
-        row = [image, colorize(mask, palette), colorize(probs.argmax(0), palette)]
+        shown = ds.display_image(image)  # RGB (NYUDv2's inputs may add depth or HHA channels)
+        row = [shown, colorize(mask, palette), colorize(probs.argmax(0), palette)]
         if crf:
-            row.append(colorize(dense_crf(image, probs, max_side=crf_max_side), palette))
+            row.append(colorize(dense_crf(shown, probs, max_side=crf_max_side), palette))
         rows.append(row)
     titles = ["input", "truth", "prediction"] + (["CRF"] if crf else [])
-    out = Path(out) if out else Path(checkpoint).parent / "visualize.png"
-    save_image(grid(rows, titles=titles, classes=list(ds.classes), palette=palette), out)
-    return out
+    return grid(rows, titles=titles, classes=list(ds.classes), palette=palette)
 
 
 # ------------------------------------------------------------------------------------------------- reports
@@ -199,6 +208,11 @@ def confusion_png(hist, classes: Sequence[str], path: str | Path) -> None:
     n = len(classes)
     fig, ax = plt.subplots(figsize=(max(4, 0.35 * n + 2), max(4, 0.35 * n + 1.5)))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if n <= 15:  # few enough cells to print each share
+        for i, j in np.ndindex(n, n):
+            if h[i].sum():
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
     if n <= 60:
         ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
         ax.set_yticks(range(n), classes, fontsize=7)
@@ -209,7 +223,8 @@ def confusion_png(hist, classes: Sequence[str], path: str | Path) -> None:
     save_figure(fig, path)
 
 
-def _records(log: Path) -> list[dict]:
+def log_records(log: Path) -> list[dict]:
+    """The records of a run's log.jsonl (a line cut by a crash is skipped)."""
     records = []
     for line in log.read_text().splitlines():
         try:
@@ -220,8 +235,9 @@ def _records(log: Path) -> list[dict]:
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
-    """Training curves (loss, validation mIoU) of every ``log.jsonl`` under ``run_dir`` as ``curves.png``, and for
-    ``--debug`` runs the per-layer gradient norms as ``gradient_flow.png``; returns the files written."""
+    """Training curves (training and validation loss, validation mIoU) of every ``log.jsonl`` under ``run_dir`` as
+    ``curves.png``, and for ``--debug`` runs the per-layer gradient norms as ``gradient_flow.png``; returns the files
+    written."""
     plt = _pyplot()
     run = Path(run_dir)
     logs = sorted(run.rglob("log.jsonl"))
@@ -231,15 +247,18 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     grads = []
     for lg in logs:
-        recs = _records(lg)
+        recs = log_records(lg)
         tr = [(r["iter"], r["loss"]) for r in recs if "loss" in r]
         va = [(r["iter"], r["val"]["mean_iou"]) for r in recs if "val" in r]
+        vl = [(r["iter"], r["val"]["loss"]) for r in recs if "val" in r and r["val"].get("loss") is not None]
         if tr:
             a1.plot(*zip(*tr), label=lg.parent.name)
+        if vl:
+            a1.plot(*zip(*vl), linestyle="--", marker="o", label=f"{lg.parent.name} (validation)")
         if va:
             a2.plot(*zip(*va), marker="o", label=lg.parent.name)
         grads += [r for r in recs if "grad_norms" in r]
-    a1.set_xlabel("iteration"); a1.set_ylabel("training loss"); a1.set_yscale("log")  # noqa: E702
+    a1.set_xlabel("iteration"); a1.set_ylabel("loss (dashed: validation)"); a1.set_yscale("log")  # noqa: E702
     a2.set_xlabel("iteration"); a2.set_ylabel("validation mean IoU")  # noqa: E702
     a1.legend(fontsize=7)
     a2.legend(fontsize=7)

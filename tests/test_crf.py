@@ -52,3 +52,46 @@ def test_crf_at_a_lower_resolution_returns_full_size_labels_that_follow_the_imag
     labels = dense_crf(image, probs, max_side=40)
     assert labels.shape == (90, 120) and labels.dtype == torch.int64
     assert (labels == truth).float().mean() > 0.95
+
+
+def label_changes(mask) -> int:
+    """Neighbouring pixel pairs with different labels: fewer when the labels form larger regions."""
+    mask = torch.as_tensor(mask)
+    return int((mask[1:] != mask[:-1]).sum() + (mask[:, 1:] != mask[:, :-1]).sum())
+
+
+def test_predict_crf_refines_each_mask_from_the_full_resolution_probabilities(tmp_path, make_checkpoint):
+    """`fcnseg predict --crf` writes what dense_crf makes of the image and the probabilities `predict` computes,
+    at the image's size: fewer, larger regions than the plain argmax."""
+    import numpy as np
+    from PIL import Image
+
+    from fcnseg.cli import main
+    from fcnseg.data import get_dataset
+    from fcnseg.inference import Predictor
+    from fcnseg.train.checkpoint import model_from_checkpoint
+    ckpt = make_checkpoint(tmp_path, head="random")
+    image = get_dataset("synthetic", None, "val", size=(96, 128))[0][0].as_subclass(torch.Tensor)
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "scene.png")
+    masks = {}
+    for name, flags in (("plain", []), ("crf", ["--crf"]), ("small", ["--crf", "--crf-max-side", "40"])):
+        out = tmp_path / name
+        assert main(["predict", str(ckpt), str(tmp_path / "scene.png"), "--out", str(out), "--amp", "none",
+                     *flags]) == 0
+        assert (out / "scene_overlay.png").is_file()
+        masks[name] = np.array(Image.open(out / "scene.png"))
+    probs = Predictor(model_from_checkpoint(ckpt)[0], "cpu", amp="none").predict_image(image[None])[0]
+    assert np.array_equal(masks["plain"], probs.argmax(0).numpy())
+    assert np.array_equal(masks["crf"], dense_crf(image, probs).numpy())
+    assert masks["small"].shape == (96, 128)
+    assert (masks["crf"] != masks["plain"]).mean() > 0.01
+    assert label_changes(masks["crf"]) < 0.9 * label_changes(masks["plain"])  # measured: 423 against 600
+
+
+def test_dense_crf_names_its_parameters():
+    image, _, probs = two_regions(8, 8, 2)
+    with pytest.raises(ValueError, match="unknown DenseCRF parameter 'sxy'; valid: gauss_sxy"):
+        dense_crf(image, probs, sxy=3)
+    with pytest.raises(ValueError, match="same H×W"):
+        dense_crf(image, probs[:, :4])
+    assert dense_crf(image, probs, iterations=1, bilateral_srgb=5).shape == (8, 8)

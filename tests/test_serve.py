@@ -17,6 +17,7 @@ from PIL import Image
 from fcnseg.cli import main
 from fcnseg.data import get_dataset
 from fcnseg.data.synthetic import CLASSES, PALETTE
+from fcnseg.errors import UserError
 from fcnseg.inference import Predictor
 from fcnseg.train.checkpoint import model_from_checkpoint
 
@@ -109,6 +110,42 @@ def test_png_by_query_or_accept(client, scene):
     assert base64.b64decode(as_json.json()["mask_png"]) == by_query.content
     bad = client.post("/segment?format=gif", files=files)
     assert bad.status_code == 400 and "format must be png or json" in bad.json()["error"]
+
+
+def mask_of(r) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["mask_png"])))).astype(np.int64))
+
+
+def test_crf_by_query_or_form_field_refines_like_dense_crf(client, ckpt, scene):
+    pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is an optional extra")
+    from fcnseg.crf import dense_crf
+    model, _ = model_from_checkpoint(ckpt)
+    probs = Predictor(model, "cpu", amp="none").predict_image(scene[None])[0]
+    assert client.get("/healthz").json()["crf"] == {"available": True, "default": False, "max_side": None}
+    assert 'id="crf"' in client.get("/").text
+    files = {"file": ("a.png", png(scene), "image/png")}
+    by_query = client.post("/segment?crf=1", files=files)
+    by_form = client.post("/segment", files=files, data={"crf": "on", "crf_max_side": "40"})
+    plain = client.post("/segment?crf=0", files=files)
+    assert by_query.json()["crf"] and by_form.json()["crf"] and not plain.json()["crf"]
+    assert torch.equal(mask_of(by_query), dense_crf(scene, probs))
+    assert torch.equal(mask_of(by_form), dense_crf(scene, probs, max_side=40))
+    assert (mask_of(plain) == probs.argmax(0)).double().mean() >= 0.999
+    assert not torch.equal(mask_of(by_query), mask_of(plain))
+    for query, message in (("crf=maybe", "crf must be 1 or 0"), ("crf=1&crf_max_side=0", "crf_max_side must be")):
+        r = client.post(f"/segment?{query}", files=files)
+        assert r.status_code == 400 and message in r.json()["error"]
+
+
+def test_crf_without_pydensecrf2_is_501_and_the_rest_still_works(client, ckpt, scene, monkeypatch):
+    for module in ("pydensecrf", "pydensecrf.densecrf", "pydensecrf.utils"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if pydensecrf2 were not installed
+    files = {"file": ("a.png", png(scene), "image/png")}
+    r = client.post("/segment?crf=1", files=files)
+    assert r.status_code == 501 and "pip install 'fcnseg[crf]'" in r.json()["error"]
+    assert client.post("/segment", files=files).status_code == 200
+    with pytest.raises(UserError, match="needs pydensecrf2"):  # a server that refines by default does not start
+        create_app(ckpt, crf=True)
 
 
 def test_too_large_upload_is_413(client):

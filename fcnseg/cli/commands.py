@@ -8,12 +8,12 @@ import sys
 from .. import __version__
 from ..imagefile import set_max_pixels
 from ..errors import UserError
-from . import benchmark, data, demo, evaluate, export, models, plot, predict, serve, train, visualize
+from . import benchmark, data, demo, evaluate, export, models, plot, predict, report, serve, train, visualize
 from .common import Parser
 
 # every command, in the order `fcnseg --help` lists them. export (ONNX), serve and the CRF options need optional
 # packages; their commands are always listed and say what to pip install when they run without them.
-COMMANDS = (demo, train, evaluate, predict, visualize, plot, data, models, export, serve, benchmark)
+COMMANDS = (demo, train, evaluate, predict, visualize, plot, report, data, models, export, serve, benchmark)
 
 
 def build_parser() -> Parser:

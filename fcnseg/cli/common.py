@@ -42,6 +42,25 @@ def add_max_pixels(p: argparse.ArgumentParser, default: int | None = None) -> No
                         "limit)")
 
 
+def add_crf_args(p: argparse.ArgumentParser, help_: str) -> None:
+    """``--crf`` (``help_`` says what it does for this command) and ``--crf-max-side``: DenseCRF refinement, with the
+    kernel parameters of :data:`fcnseg.crf.DEFAULTS`."""
+    p.add_argument("--crf", action="store_true", help=f"{help_} (needs pydensecrf2: pip install 'fcnseg[crf]')")
+    p.add_argument("--crf-max-side", type=positive_int, metavar="PX",
+                   help="run the CRF at most this many pixels on the longer side, then upsample (default: full size)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     """The checkpoint, and the dataset to read (by default the one its run validated on)."""
     p.add_argument("checkpoint")

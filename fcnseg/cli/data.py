@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from ..data import get_dataset
+from ..data import READERS, get_dataset
 from ..data.check import check_split
 from ..data.download import download
 from ..data.stats import class_stats, write_stats
@@ -17,7 +17,9 @@ from .common import Parser, add_command, add_max_pixels
 
 def add_parser(subs) -> None:
     p = add_command(subs, "data", "dataset tools: check, stats, download", "fcnseg data check camvid --root DIR")
-    dsubs = p.add_subparsers(dest="data_cmd", required=True, parser_class=Parser)
+    p.epilog += f"\n\ndatasets: {', '.join(READERS)} (docs/datasets.md)"
+    p.set_defaults(func=run_list)
+    dsubs = p.add_subparsers(dest="data_cmd", parser_class=Parser)
     c = add_command(dsubs, "check", "read every sample once and report bad data (exit 1 when anything is wrong)",
                     "fcnseg data check camvid --root ../shared/datasets/camvid --split train")
     c.add_argument("name")
@@ -33,12 +35,26 @@ def add_parser(subs) -> None:
     s.add_argument("--root")
     s.add_argument("--split", default="train")
     s.add_argument("--out", help="JSON path (default: NAME-SPLIT-stats.json)")
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a reader option, as for check")
     s.set_defaults(func=run_stats)
     d = add_command(dsubs, "download", "download and extract a public dataset (resumable, checksummed)",
                     "fcnseg data download voc2012 --root data/")
     d.add_argument("name")
     d.add_argument("--root", required=True)
     d.set_defaults(func=run_download)
+
+
+def run_list(args: argparse.Namespace) -> None:
+    """``fcnseg data`` alone: every reader with the options it takes (docs/datasets.md describes them)."""
+    import inspect
+
+    from ..data import dataset_class
+    for name in READERS:
+        params = inspect.signature(dataset_class(name).__init__).parameters.values()
+        options = [f"{p.name}={p.default!r}" for p in params if p.default is not p.empty
+                   and p.name not in ("root", "split", "transforms") and p.kind != p.VAR_KEYWORD]
+        print(f"{name}: " + (", ".join(options) if options else "(no options)"))
+    print("subcommands: check, stats, download (fcnseg data --help); reader options: --option KEY=VALUE")
 
 
 def run_check(args: argparse.Namespace) -> None:
@@ -72,7 +88,7 @@ def reader_options(items: list[str]) -> dict:
 
 
 def run_stats(args: argparse.Namespace) -> None:
-    stats = class_stats(get_dataset(args.name, args.root, args.split))
+    stats = class_stats(get_dataset(args.name, args.root, args.split, **reader_options(args.option)))
     out = Path(args.out or f"{args.name}-{args.split}-stats.json")
     write_stats(stats, out)
     for c, f, w in zip(stats["classes"], stats["frequencies"], stats["median_frequency_weights"]):

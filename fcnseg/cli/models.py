@@ -15,8 +15,17 @@ def add_parser(subs) -> None:
     r.set_defaults(func=run_recipes)
 
 
+# variants any arch/backbone above takes, built from what the dataset gives (docs/models.md, docs/datasets.md)
+VARIANTS = (
+    "two score heads (semantic + geometric, trained jointly): --data siftflow, reader option task=both",
+    "early fusion, 4-channel first convolution (RGB + depth): --data nyudv2, modality=color+depth (or depth)",
+    "late fusion, two FCN streams with their scores averaged (RGB + HHA): --data nyudv2, modality=color+hha",
+)
+
+
 def run_models(args: argparse.Namespace) -> None:
     print("\n".join(list_models()))
+    print("\nvariants of each:\n" + "\n".join(f"  {v}" for v in VARIANTS))
 
 
 def run_recipes(args: argparse.Namespace) -> None:

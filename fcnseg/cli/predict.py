@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..imagefile import open_image, set_max_pixels
-from .common import Parser, add_command, add_max_pixels, predict_options
+from .common import Parser, add_command, add_crf_args, add_max_pixels, predict_options
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -27,10 +27,12 @@ def add_parser(subs) -> None:
                    help="average with horizontally flipped predictions (default: the recipe's eval_flip)")
     p.add_argument("--scales", help="multi-scale averaging, e.g. 0.75,1,1.25 (default: the recipe's eval_scales)")
     p.add_argument("--window", type=int)
+    add_crf_args(p, "refine each mask with DenseCRF on the image and the class probabilities at full resolution "
+                 "(--probs still saves the network's probabilities)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--device", default="auto")
     add_max_pixels(p)
-    p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 | int8 (CPU; VGG/ResNet backbones; "
+    p.add_argument("--amp", default="auto", help="auto | none | bf16 | fp16 | int8 (CPU, ONNX Runtime; "
                    "calibrates on the first 4 inputs, which run in fp32)")
     p.set_defaults(func=run)
 
@@ -96,6 +98,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
     from tqdm import tqdm
 
+    from ..crf import dense_crf, require_crf
     from ..data import default_palette
     from ..data.io import read_image
     from ..evaluation import restrict_to_classes
@@ -104,6 +107,8 @@ def run(args: argparse.Namespace) -> None:
     from ..train.checkpoint import model_from_checkpoint
     from ..viz import overlay_with_legend, save_image, save_index_png
 
+    if args.crf:
+        require_crf()  # one line before the model loads, not a failure on the first image
     model, ckpt = model_from_checkpoint(args.checkpoint)
     allowed = torch.tensor(tag_indices(args.tags, model.classes)) if args.tags else None
     files = expand_inputs(args.inputs)
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> None:
         if allowed is not None:
             probs = restrict_to_classes(probs, allowed)
         probs = probs[0]
-        pred = probs.argmax(0)
+        pred = dense_crf(image, probs, max_side=args.crf_max_side) if args.crf else probs.argmax(0)
         stem = f.stem if f.stem not in stems else f"{f.stem}-{stems[f.stem]}"
         stems[f.stem] = stems.get(f.stem, 0) + 1
         if args.probs:
@@ -136,7 +141,8 @@ def run(args: argparse.Namespace) -> None:
         del probs  # the outputs below need only the argmax: C×H×W floats are GBs for a large photo
         save_index_png(pred, palette, out / f"{stem}.png")
         save_image(overlay_with_legend(image, pred, palette, model.classes, args.alpha), out / f"{stem}_overlay.png")
-    print(f"{len(files) - len(failed)} predictions in {out} (<name>.png: class indices with a palette; "
+    refined = " (DenseCRF-refined)" if args.crf else ""
+    print(f"{len(files) - len(failed)} predictions{refined} in {out} (<name>.png: class indices with a palette; "
           f"<name>_overlay.png: colour overlay with legend)")
     if failed:
         for msg in failed:

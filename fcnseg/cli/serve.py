@@ -6,7 +6,7 @@ import ipaddress
 
 from ..errors import UserError
 from ..serve import MAX_PIXELS, create_app
-from .common import add_command, add_max_pixels
+from .common import add_command, add_crf_args, add_max_pixels
 
 
 def add_parser(subs) -> None:
@@ -18,6 +18,8 @@ def add_parser(subs) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (MB)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (checkpoints only)")
     add_max_pixels(p, MAX_PIXELS)
+    add_crf_args(p, "refine every mask with DenseCRF unless a request says crf=0 (a request's crf=1 asks for it "
+                 "without this flag; --crf-max-side is the default of its crf_max_side)")
     p.set_defaults(func=run)
 
 
@@ -30,7 +32,8 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"--port must be 1-65535, got {args.port}")
     if args.max_pixels < 0:
         raise UserError(f"--max-pixels must be 0 (no limit) or a pixel count, got {args.max_pixels}")
-    app = create_app(args.model, max_upload_mb=args.max_upload_mb, device=args.device, max_pixels=args.max_pixels)
+    app = create_app(args.model, max_upload_mb=args.max_upload_mb, device=args.device, max_pixels=args.max_pixels,
+                     crf=args.crf, crf_max_side=args.crf_max_side)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"fcnseg serve: {args.model} at http://{host}:{args.port}/ (Ctrl-C to stop)", flush=True)
     if not is_loopback(args.host):

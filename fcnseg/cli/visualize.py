@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..viz import visualize
-from .common import add_command, add_checkpoint_args, add_max_pixels
+from .common import add_checkpoint_args, add_command, add_crf_args, add_max_pixels
 
 
 def add_parser(subs) -> None:
@@ -14,8 +14,7 @@ def add_parser(subs) -> None:
     add_checkpoint_args(p)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--crf", action="store_true")
-    p.add_argument("--crf-max-side", type=int, metavar="PX", help="CRF at most this many pixels on the longer side")
+    add_crf_args(p, "add a column of DenseCRF-refined predictions")
     p.add_argument("--out", help="PNG path (default: next to the checkpoint)")
     p.add_argument("--device", default="auto")
     add_max_pixels(p)

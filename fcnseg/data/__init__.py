@@ -21,6 +21,7 @@ READERS = {
     "cityscapes": "cityscapes:Cityscapes",
     "pascal-context": "pascal_context:PascalContext",
     "siftflow": "siftflow:SIFTFlow",
+    "nyudv2": "nyudv2:NYUDv2",
     "folder": "folder:FolderDataset",
 }
 
@@ -36,7 +37,7 @@ def get_dataset(name: str, root: str | Path | None, split: str, transforms: Call
                 **options) -> SegmentationDataset:
     """Build dataset ``name`` reading ``root`` (``None`` for ``synthetic``); samples are (image, mask) pairs with
     ``classes``, ``palette`` and ``ignore_index`` attributes. ``options`` are reader-specific (e.g. ``length`` and
-    ``size`` for synthetic, ``zero_is_class`` for ade20k)."""
+    ``size`` for synthetic, ``zero_is_class`` for ade20k, ``modality`` for nyudv2)."""
     cls = dataset_class(name)
     if root is None and name != "synthetic":
         raise UserError(f"dataset {name!r} needs --root DIR (the folder holding its files)")

@@ -2,6 +2,10 @@
 
 A dataset yields ``(image, mask)``: ``image`` a uint8 RGB ``tv_tensors.Image`` (3×H×W), ``mask`` an int64
 ``tv_tensors.Mask`` (H×W) of class indices in ``[0, num_classes)`` or ``ignore_index`` (255 by convention).
+A reader with several labellings of each image (``heads``, e.g. SIFT Flow's semantic and geometric classes) yields
+a K×H×W mask, one row per head, each row indexing that head's own classes (``classes`` lists them all, head by head).
+A reader of other input modalities (NYUDv2's depth and HHA) yields ``in_channels``×H×W images (float32 when a
+channel holds depth in millimetres) and says how a model takes them (``streams``, ``input_normalization``).
 Samples are decoded on access (nothing is held in RAM) unless training wraps a reader in ``DecodedCache``;
 normalisation happens later, on the device, with the model's own ``Normalization``.
 """
@@ -16,6 +20,7 @@ import torch
 from torchvision import tv_tensors
 
 from ..errors import UserError
+from ..normalization import Normalization
 from .io import read_image, read_index_mask
 
 IGNORE_INDEX = 255
@@ -47,6 +52,12 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
     palette: Sequence[tuple[int, int, int]] | None = None
     ignore_index: int = IGNORE_INDEX
     background_index: int | None = None  # a background class: metrics then add foreground accuracy
+    heads: tuple[tuple[str, int], ...] | None = None  # ((name, classes), ...) when masks are K×H×W (see above)
+    # the input the model needs (NYUDv2's modalities differ): image channels, FCN streams they split into (late
+    # fusion), and how many leading channels are RGB (colour jitter touches only those)
+    in_channels: int = 3
+    streams: int = 1
+    color_channels: int = 3
 
     def __init__(self, root: str | Path | None, split: str, transforms: Callable | None = None):
         self.root = Path(root) if root is not None else None
@@ -56,6 +67,14 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def input_normalization(self, rgb: Normalization) -> Normalization:
+        """The model's input normalisation for this dataset's channels, given the RGB one its backbone expects."""
+        return rgb
+
+    def display_image(self, image: torch.Tensor) -> torch.Tensor:
+        """A sample's image as uint8 RGB 3×H×W, for previews."""
+        return image
 
     def get_palette(self) -> list[tuple[int, int, int]]:
         return list(self.palette) if self.palette else default_palette(self.num_classes)
@@ -104,23 +123,28 @@ class PairedFileDataset(SegmentationDataset):
         return self.read_mask(self.pairs[index][1])
 
     def to_train_ids(self, raw: np.ndarray) -> np.ndarray:
-        if self.lut is None:
-            return raw.astype(np.int64)
-        if raw.size and (int(raw.max()) >= len(self.lut) or int(raw.min()) < 0):
-            # values the table does not cover pass through unchanged, for ``data check`` and training to report
-            # (indexing would wrap −1 to the table's last class)
-            inside = (raw >= 0) & (raw < len(self.lut))
-            return np.where(inside, self.lut[np.clip(raw, 0, len(self.lut) - 1)], raw).astype(np.int64)
-        return self.lut[raw].astype(np.int64)
+        return apply_lut(self.lut, raw)
 
     def load(self, index: int):
         img_path, mask_path = self.pairs[index]
         image = read_image(img_path, exif=False)  # masks label the stored pixels: no EXIF rotation
         mask = torch.from_numpy(self.to_train_ids(self.raw_mask(index)))
-        if tuple(image.shape[-2:]) != tuple(mask.shape):
-            raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {img_path} is "
+        if tuple(image.shape[-2:]) != tuple(mask.shape[-2:]):
+            raise UserError(f"mask {mask_path} is {mask.shape[-1]}x{mask.shape[-2]} but image {img_path} is "
                             f"{image.shape[2]}x{image.shape[1]} (W×H); masks must match their image's size")
         return image, mask
+
+
+def apply_lut(lut: np.ndarray | None, raw: np.ndarray) -> np.ndarray:
+    """Raw mask values → train ids through ``lut`` (None: unchanged), as int64."""
+    if lut is None:
+        return raw.astype(np.int64)
+    if raw.size and (int(raw.max()) >= len(lut) or int(raw.min()) < 0):
+        # values the table does not cover pass through unchanged, for ``data check`` and training to report
+        # (indexing would wrap −1 to the table's last class)
+        inside = (raw >= 0) & (raw < len(lut))
+        return np.where(inside, lut[np.clip(raw, 0, len(lut) - 1)], raw).astype(np.int64)
+    return lut[raw].astype(np.int64)
 
 
 def require_dir(path: Path, what: str, hint: str) -> Path:

@@ -58,9 +58,12 @@ def _describe_values(raw: np.ndarray, train: np.ndarray, bad: np.ndarray, raw_di
 
 
 def _check_mask(ds: SegmentationDataset, where: str, raw: np.ndarray, train: np.ndarray,
-                raw_differs: bool) -> list[str]:
+                raw_differs: bool, c: int | None = None) -> list[str]:
+    if c is None and ds.heads and train.ndim == 3:  # one label map per head, each with its own classes
+        return [p for (name, n), r, t in zip(ds.heads, raw, train)
+                for p in _check_mask(ds, f"{where} ({name})", r, t, raw_differs, n)]
     out = []
-    c, ign = ds.num_classes, ds.ignore_index
+    c, ign = c or ds.num_classes, ds.ignore_index
     bad = ((train < 0) | (train >= c)) & (train != ign)
     if bad.any():
         out.append(f"{where}: label values outside 0..{c - 1} and ignore {ign}: "
@@ -95,7 +98,7 @@ def check_dataset(ds: SegmentationDataset, *, progress: bool = True) -> list[str
         try:
             if paired:
                 img_path, mask_path = (Path(p) for p in ds.pairs[i])
-                where = str(mask_path)
+                where = ds.describe(i) if ds.heads else str(mask_path)  # (a file per labelling)
                 if mask_path.suffix.lower() != ".mat" and _is_jpeg(mask_path):
                     problems.append(f"{mask_path}: mask is a JPEG; lossy compression changes label values near "
                                     f"edges, so save masks as PNG")
@@ -107,9 +110,10 @@ def check_dataset(ds: SegmentationDataset, *, progress: bool = True) -> list[str
                 if (turned := _orientation_problem(img_path)) is not None:
                     problems.append(turned)
                 raw = np.asarray(ds.raw_mask(i))
-                if size is not None and tuple(raw.shape[:2]) != size:
+                shape = raw.shape[-2:] if ds.heads else raw.shape[:2]  # (K×H×W with several heads)
+                if size is not None and tuple(shape) != size:
                     problems.append(f"size mismatch: image {img_path} is {size[1]}x{size[0]} but mask {mask_path} is "
-                                    f"{raw.shape[1]}x{raw.shape[0]} (W×H)")
+                                    f"{shape[1]}x{shape[0]} (W×H)")
                 train = ds.to_train_ids(raw)
                 problems += _check_mask(ds, where, raw, train, ds.lut is not None)
             else:

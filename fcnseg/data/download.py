@@ -92,6 +92,15 @@ DATASETS: dict[str, DatasetSource] = {
                "tools/dataset_converters/pascal_context.py {root}/VOCdevkit trainval_merged.json, which writes "
                "{root}/VOCdevkit/VOC2010/SegmentationClassContext",
         check="VOCdevkit/VOC2010/SegmentationClassContext"),
+    # no archive holds the FCN authors' NYUDv2 layout: it is converted from the labelled release with MATLAB scripts
+    "nyudv2": DatasetSource(
+        (), reader_root=".",
+        manual="NYUDv2 in the FCN authors' layout is no single public archive: convert nyu_depth_v2_labeled.mat "
+               "(https://cs.nyu.edu/~silberman/datasets/nyu_depth_v2.html) into {root}/data/images and data/depth with "
+               "nyu-hooks' script_data.m and into data/hha with rcnn-depth's saveHHA.m (https://github.com/s-gupta), "
+               "add the 40-class labels as segmentation/img_NNNN.mat and train.txt, val.txt, test.txt from "
+               "fcn.berkeleyvision.org's data/nyud (see docs/datasets.md)",
+        check="segmentation"),
 }
 
 # Downloads go through this name so that tests can serve files locally.

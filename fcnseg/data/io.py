@@ -24,7 +24,7 @@ log = logging.getLogger("fcnseg")
 
 EXIF_ORIENTATION = 0x0112
 __all__ = ["DECODE_ERRORS", "MAX_PIXELS", "ImageTooLarge", "UnreadableImage", "exif_orientation", "open_image",
-           "read_image", "read_index_mask", "read_mat_variable", "set_max_pixels", "to_8bit", "to_rgb"]
+           "read_depth", "read_image", "read_index_mask", "read_mat_variable", "set_max_pixels", "to_8bit", "to_rgb"]
 
 
 def read_image(source: str | Path | bytes, *, exif: bool = True, max_pixels: int | None = None,
@@ -113,6 +113,22 @@ def read_index_mask(path: str | Path, *, max_pixels: int | None = None) -> np.nd
             raise UserError(f"mask {path} is an RGB colour image; give the dataset a colour table "
                             f"(folder: colors in classes.txt) or convert it to an index PNG")
         raise UserError(f"mask {path} has unsupported mode {im.mode}; save it as a palette or grayscale PNG")
+
+
+def read_depth(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+    """A 16-bit depth PNG (millimetres, as NYUDv2's depth maps are stored) → ``H×W`` float32 millimetres. Other
+    modes are refused: an 8-bit image would be read as depths of 0-255 mm."""
+    path = Path(path)
+    with open_image(path, what="depth image", max_pixels=max_pixels) as im:
+        try:
+            im.load()
+        except DECODE_ERRORS as e:
+            raise UnreadableImage(f"cannot read depth image {path}: {e.__class__.__name__}: {e} (corrupt or "
+                                  f"truncated?)") from None
+        if not im.mode.startswith("I"):
+            raise UserError(f"depth image {path} has mode {im.mode}; save depth as a 16-bit grayscale PNG of "
+                            f"millimetres")
+        return np.asarray(im).astype(np.float32)
 
 
 def read_mat_variable(path: str | Path, name: str) -> np.ndarray:

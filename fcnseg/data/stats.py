@@ -20,8 +20,17 @@ from .base import PairedFileDataset, SegmentationDataset
 
 def _train_mask(ds: SegmentationDataset, i: int) -> np.ndarray:
     if isinstance(ds, PairedFileDataset):  # skip decoding the image: the mask is all we count
-        return ds.to_train_ids(ds.raw_mask(i))
-    return ds.load(i)[1].numpy()
+        m = ds.to_train_ids(ds.raw_mask(i))
+    else:
+        m = ds.load(i)[1].numpy()
+    if ds.heads and m.ndim == 3:  # one row per head: its classes come after the previous heads', as ``classes``
+        rows, start = [], 0  # lists them (values outside a head's classes become −1, counted as such)
+        for (_, n), row in zip(ds.heads, m):
+            inside = (row >= 0) & (row < n)
+            rows.append(np.where(inside, row + start, np.where(row == ds.ignore_index, row, -1)))
+            start += n
+        m = np.stack(rows)
+    return m
 
 
 def class_stats(ds: SegmentationDataset, *, progress: bool = True) -> dict:
@@ -32,11 +41,12 @@ def class_stats(ds: SegmentationDataset, *, progress: bool = True) -> dict:
     ignored = other = 0
     for i in tqdm(range(len(ds)), desc=f"stats {ds.name}/{ds.split}", file=sys.stderr, disable=not progress,
                   unit="img", dynamic_ncols=True):
-        m = np.asarray(_train_mask(ds, i)).ravel()
+        mask = np.asarray(_train_mask(ds, i))
+        m = mask.ravel()
         valid = (m >= 0) & (m < c)
         hist = np.bincount(m[valid], minlength=c)[:c]
         counts += hist
-        image_pixels[hist > 0] += m.size
+        image_pixels[hist > 0] += mask.shape[-2] * mask.shape[-1]
         ignored += int((m == ds.ignore_index).sum())
         other += int((~valid).sum()) - int((m == ds.ignore_index).sum())
     total = int(counts.sum())

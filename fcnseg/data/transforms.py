@@ -34,11 +34,28 @@ class RandomScale(v2.Transform):
         return inpt
 
 
+class ColorJitterRGB(v2.ColorJitter):
+    """``v2.ColorJitter`` on the colour channels only: an image with more channels than RGB (NYUDv2's RGB-D, RGB-HHA)
+    keeps its depth or HHA channels as they are; 0-255 float images (those holding depth) are jittered as uint8."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, tv_tensors.Image) or (inpt.shape[-3] == 3 and inpt.dtype == torch.uint8):
+            return super().transform(inpt, params)
+        rgb = inpt.as_subclass(torch.Tensor)[..., :3, :, :]
+        jittered = super().transform(tv_tensors.Image(rgb.round().clamp(0, 255).to(torch.uint8)), params)
+        out = inpt.as_subclass(torch.Tensor).clone()
+        out[..., :3, :, :] = jittered.as_subclass(torch.Tensor).to(out.dtype)
+        return tv_tensors.wrap(out, like=inpt)
+
+
 def build_transforms(train: bool, *, crop_size: int | Sequence[int] | None = None,
                      scale_range: Sequence[float] | None = (0.5, 2.0), hflip: bool = True, color_jitter: float = 0.0,
-                     resize: int | Sequence[int] | None = None, ignore_index: int = IGNORE_INDEX) -> v2.Compose | None:
+                     resize: int | Sequence[int] | None = None, ignore_index: int = IGNORE_INDEX,
+                     color_channels: int = 3) -> v2.Compose | None:
     """Training: [resize] → random scale → random crop (padded with 0 / ``ignore_index``) → flip → colour jitter.
-    Evaluation: only the fixed ``resize`` a recipe may ask for (metrics are computed at the original size anyway)."""
+    Evaluation: only the fixed ``resize`` a recipe may ask for (metrics are computed at the original size anyway).
+    ``color_channels``: 3 when the image's first three channels are RGB (the only ones colour jitter touches), 0 when
+    it holds no colour (NYUDv2's depth or HHA alone: no jitter)."""
     ops: list = []
     if resize:
         ops.append(v2.Resize(resize, antialias=True))
@@ -50,19 +67,21 @@ def build_transforms(train: bool, *, crop_size: int | Sequence[int] | None = Non
                                      fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}))
         if hflip:
             ops.append(v2.RandomHorizontalFlip())
-        if color_jitter:
-            ops.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+        if color_jitter and color_channels:
+            ops.append(ColorJitterRGB(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
     return v2.Compose(ops) if ops else None
 
 
 def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]], ignore_index: int = IGNORE_INDEX):
     """Stack samples of different sizes by padding to the largest: image with 0, mask with ``ignore_index``
-    (so padding never counts in the loss or the metrics)."""
+    (so padding never counts in the loss or the metrics). Images keep their channels and dtype."""
     h = max(img.shape[-2] for img, _ in batch)
     w = max(img.shape[-1] for img, _ in batch)
-    images = torch.zeros(len(batch), 3, h, w, dtype=torch.uint8)
-    masks = torch.full((len(batch), h, w), ignore_index, dtype=torch.int64)
+    first = batch[0][0]
+    images = torch.zeros(len(batch), first.shape[-3], h, w, dtype=first.dtype)
+    # (masks with one row per head, K×H×W, stack to N×K×H×W)
+    masks = torch.full((len(batch), *batch[0][1].shape[:-2], h, w), ignore_index, dtype=torch.int64)
     for i, (img, mask) in enumerate(batch):
         images[i, :, :img.shape[-2], :img.shape[-1]] = img.as_subclass(torch.Tensor)
-        masks[i, :mask.shape[-2], :mask.shape[-1]] = mask.as_subclass(torch.Tensor)
+        masks[i, ..., :mask.shape[-2], :mask.shape[-1]] = mask.as_subclass(torch.Tensor)
     return images, masks

@@ -13,6 +13,7 @@ from ..weights.safetensors import fcnseg_metadata, write_safetensors
 from .backbones import BACKBONES, build_backbone
 from .baselines import BASELINE_ARCH, BASELINE_BACKBONES, TorchvisionFCN
 from .fcn import ARCHS, FCN, PAPER_ARCHS
+from .fusion import LateFusion, widen_input
 
 GEOMETRIES = ("aligned", "caffe")
 
@@ -31,7 +32,8 @@ def list_models() -> list[str]:
 def build_model(arch: str | None = None, *, backbone: str | None = None, num_classes: int | None = None,
                 geometry: str | None = None, pretrained_backbone: str | Path | None = None,
                 learnable_upsampling: bool = False, global_context: bool = False, grid: str | None = None,
-                weights: str | None = None) -> FCN:
+                weights: str | None = None, heads: tuple[tuple[str, int], ...] | None = None, in_channels: int = 3,
+                streams: int = 1) -> FCN:
     """Build an FCN mapping N×3×H×W (normalised as ``model.normalization`` says) to N×num_classes×H×W logits.
 
     ``backbone`` defaults to ``"vgg16"`` and ``geometry`` to ``"aligned"``; ``num_classes`` is required unless
@@ -44,7 +46,27 @@ def build_model(arch: str | None = None, *, backbone: str | None = None, num_cla
     TORCH_HOME cache), or a path to a weight file of any format :func:`fcnseg.load_weights` reads.
     ``global_context`` adds ParseNet's image-level branch: class scores of the globally averaged stride-32 features,
     added to every pixel's logits (zero-initialised, so a fresh model predicts as without it).
+    ``heads``: ``((name, classes), ...)`` for an FCN with several score heads trained together (the paper's SIFT Flow
+    net: ``(("semantic", 33), ("geometric", 3))``); ``num_classes`` is then their sum (see :class:`FCN`).
+    ``in_channels``: channels of the input (NYUDv2's RGB-D: 4, early fusion: the first convolution widened, see
+    :func:`~fcnseg.models.fusion.widen_input`); ``streams``: split them into that many FCNs whose scores are
+    averaged (RGB-HHA: ``in_channels=6, streams=2``, late fusion, :class:`~fcnseg.models.fusion.LateFusion`). Such a
+    model keeps the RGB ``normalization`` of its backbone until one for its channels is set (training takes it from
+    the dataset's ``input_normalization``).
     """
+    if heads:
+        if weights is not None or arch == BASELINE_ARCH:
+            raise ValueError(f"heads= needs an FCN built by arch (one of {', '.join(ARCHS)}), without weights=")
+        total = sum(int(n) for _, n in heads)
+        if num_classes not in (None, total):
+            raise ValueError(f"num_classes={num_classes} but heads {tuple(heads)} have {total} classes: leave "
+                             f"num_classes out")
+        num_classes = total
+    if in_channels != 3 or streams != 1:
+        return _build_fused(arch, in_channels=in_channels, streams=streams, backbone=backbone,
+                            num_classes=num_classes, geometry=geometry, pretrained_backbone=pretrained_backbone,
+                            learnable_upsampling=learnable_upsampling, global_context=global_context, grid=grid,
+                            weights=weights, heads=heads)
     if weights is not None:
         return _build_named(weights, arch=arch, backbone=backbone, num_classes=num_classes, geometry=geometry,
                             pretrained_backbone=pretrained_backbone, learnable_upsampling=learnable_upsampling,
@@ -63,11 +85,25 @@ def build_model(arch: str | None = None, *, backbone: str | None = None, num_cla
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     model = FCN(build_backbone(backbone, geometry=geometry), num_classes, arch=arch, geometry=geometry,
-                learnable_upsampling=learnable_upsampling, global_context=global_context, grid=grid)
+                learnable_upsampling=learnable_upsampling, global_context=global_context, grid=grid, heads=heads)
     model.backbone_name = backbone
     if pretrained_backbone is not None:
         load_pretrained_backbone(model, pretrained_backbone)
     return model
+
+
+def _build_fused(arch: str | None, *, in_channels: int, streams: int, weights: str | None, **options) -> nn.Module:
+    """``build_model`` with another input than RGB: one FCN with a widened first convolution, or several FCNs (one
+    per stream of ``in_channels // streams`` channels) under :class:`LateFusion`."""
+    if weights is not None or arch == BASELINE_ARCH:
+        raise ValueError(f"in_channels / streams need an FCN built by arch (one of {', '.join(ARCHS)}), without "
+                         f"weights= (named weights take RGB)")
+    if not (isinstance(streams, int) and isinstance(in_channels, int) and 1 <= streams <= in_channels
+            and in_channels % streams == 0):
+        raise ValueError(f"in_channels={in_channels!r} must split evenly into streams={streams!r} (positive integers)")
+    if streams > 1:
+        return LateFusion([build_model(arch, in_channels=in_channels // streams, **options) for _ in range(streams)])
+    return widen_input(build_model(arch, **options), in_channels)
 
 
 def _build_named(name: str, *, arch: str | None, backbone: str | None, num_classes: int | None,
@@ -110,4 +146,7 @@ def model_spec(model: nn.Module) -> dict:
             "geometry": model.geometry, "learnable_upsampling": model.learnable_upsampling,
             **({"grid": model.grid} if hasattr(model, "grid") else {}),
             **({"global_context": True} if getattr(model, "global_context", False) else {}),
+            **({"heads": [list(h) for h in model.heads]} if getattr(model, "heads", None) else {}),
+            **({"in_channels": model.in_channels} if getattr(model, "in_channels", 3) != 3 else {}),
+            **({"streams": len(model.streams)} if isinstance(model, LateFusion) else {}),
             "normalization": model.normalization.to_dict()}

@@ -55,7 +55,8 @@ def model_from_checkpoint(path: str | Path, *, ema: bool = True) -> tuple[nn.Mod
     try:
         model = build_model(spec["arch"], backbone=spec["backbone"], num_classes=spec["num_classes"],
                             geometry=spec["geometry"], learnable_upsampling=spec.get("learnable_upsampling", False),
-                            global_context=spec.get("global_context", False),
+                            global_context=spec.get("global_context", False), heads=spec.get("heads"),
+                            in_channels=spec.get("in_channels", 3), streams=spec.get("streams", 1),
                             grid=spec.get("grid", "cell"))  # specs from before "grid" had the cell head
     except (KeyError, ValueError) as e:
         raise UserError(f"{path}: cannot rebuild its model ({e})") from None

@@ -3,6 +3,7 @@ flags (flags win), with validation. ``fcnseg train`` makes its flags from the fi
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,10 @@ from ..errors import UserError
 from ..models import list_models
 from ..models.baselines import BASELINE_ARCH
 from .recipes import NEEDS_INIT, RECIPES
+
+log = logging.getLogger("fcnseg")
+# a recipe's reader settings, which belong to the recipe's own dataset (see own_data_only)
+RECIPE_DATA_KEYS = ("data_options", "val_data", "val_data_options")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, flag: type | str | None = None,  # noqa: A002
@@ -141,6 +146,9 @@ def _coerce(name: str, value: Any) -> Any:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             pass
+    kind = str(FIELDS[name].type).replace(" ", "")
+    if isinstance(value, str) and value.lower() == "none" and "str" in kind and kind.endswith("|None"):
+        return None  # `--pretrained-backbone none`: unset, as YAML's null
     return _numeric(name, value)
 
 
@@ -170,6 +178,7 @@ def resolve_config(recipe: str | None = None, yaml_path: str | Path | None = Non
                    overrides: dict[str, Any] | None = None) -> TrainConfig:
     """recipe → YAML file → overrides (flags win)."""
     values: dict[str, Any] = {}
+    given: dict[str, Any] = {}  # what the YAML file and the overrides set
     if recipe is not None:
         if recipe not in RECIPES:
             raise UserError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
@@ -186,12 +195,29 @@ def resolve_config(recipe: str | None = None, yaml_path: str | Path | None = Non
         if not isinstance(loaded, dict):
             raise UserError(f"{path} must hold a mapping of config keys")
         for k, v in loaded.items():
-            values[k] = _coerce(k, v)
+            given[k] = _coerce(k, v)
     for k, v in (overrides or {}).items():
-        values[k] = _coerce(k, v)
+        given[k] = _coerce(k, v)
+    values.update(given)
+    if recipe is not None:
+        own_data_only(values, recipe, given)
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
+
+
+def own_data_only(values: dict[str, Any], recipe: str, given: dict[str, Any]) -> None:
+    """Drop the recipe's reader settings (RECIPE_DATA_KEYS) from ``values`` when ``given`` picks another dataset:
+    they are options of the recipe's reader (fcn-tensorflow's ``zero_is_class`` is ADE20K's, and the CCP reader
+    refuses it). Settings that ``given`` sets itself stay."""
+    own = RECIPES[recipe].get("data")
+    if given.get("data") in (None, own):
+        return
+    dropped = [k for k in RECIPE_DATA_KEYS if k in RECIPES[recipe] and k not in given]
+    for k in dropped:
+        del values[k]
+    if dropped:
+        log.info("recipe %s: its %s are for %s, not %s: left out", recipe, ", ".join(dropped), own, given["data"])
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -26,7 +26,8 @@ from .schedule import follows_clock, lr_factor, size_scale
 from .setup import Run, seed_rngs, setup, train_mode
 
 log = logging.getLogger("fcnseg")
-VAL_KEYS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "per_image_mean_iou", "foreground_accuracy")
+VAL_KEYS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou", "per_image_mean_iou", "foreground_accuracy",
+            "loss")
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
@@ -163,8 +164,8 @@ def train_step(run: Run, stream, scale: float = 1.0) -> float:
         with sync:
             with autocast(run.device, run.amp):
                 logits = run.net(images)
-            loss = pixel_loss(logits, masks, weight=run.loss_weight, ignore_index=cfg.ignore_index,
-                              reduction=cfg.loss_reduction)
+            loss = heads_loss(logits, masks, getattr(run.model, "heads", None), weight=run.loss_weight,
+                              ignore_index=cfg.ignore_index, reduction=cfg.loss_reduction)
             if not torch.isfinite(loss):
                 files = "; ".join(run.train_ds.describe(i) for i in indices)
                 raise UserError(f"loss is {loss.item()} at iteration {run.iteration + 1} on batch {files}; "
@@ -210,11 +211,15 @@ def prepare_batch(run: Run, images: torch.Tensor, masks: torch.Tensor, indices: 
     images = run.model.normalization(images.to(run.device, non_blocking=True))
     masks = masks.to(run.device, non_blocking=True)
     images, masks = resize_batch(images, masks, scale)
-    bad = ((masks >= run.num_classes) | (masks < 0)) & (masks != cfg.ignore_index)
+    heads = getattr(run.model, "heads", None)
+    # a K×H×W mask per image (one row per head): each row's labels index its own head's classes
+    limit = torch.tensor([n for _, n in heads], device=masks.device).view(1, -1, 1, 1) if heads else run.num_classes
+    bad = ((masks >= limit) | (masks < 0)) & (masks != cfg.ignore_index)
     if bad.any():
-        v = int(masks[bad][0])
+        where = bad.nonzero()[0]
+        v, top = int(masks[tuple(where)]), heads[int(where[1])][1] if heads else run.num_classes
         files = "; ".join(run.train_ds.describe(i) for i in indices)
-        raise UserError(f"label {v} is outside [0, {run.num_classes}) and not the ignore index "
+        raise UserError(f"label {v} is outside [0, {top}) and not the ignore index "
                         f"{cfg.ignore_index} in batch {files}; run `fcnseg data check`")
     if run.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -227,6 +232,8 @@ def resize_batch(images: torch.Tensor, masks: torch.Tensor, scale: float) -> tup
         return images, masks
     size = [max(1, round(n * scale)) for n in images.shape[-2:]]
     images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    if masks.ndim == 4:  # one row per head
+        return images, F.interpolate(masks.float(), size=size, mode="nearest-exact").to(masks.dtype)
     masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest-exact")[:, 0].to(masks.dtype)
     return images, masks
 
@@ -239,6 +246,20 @@ def pixel_loss(logits: torch.Tensor, masks: torch.Tensor, **kwargs) -> torch.Ten
         # a batch without a labelled pixel (an all-void crop): the mean is 0/0; it carries no gradient, not a NaN
         return logits.float().sum() * 0.0
     return loss
+
+
+def heads_loss(logits: torch.Tensor, masks: torch.Tensor, heads, weight: torch.Tensor | None = None,
+               **kwargs) -> torch.Tensor:
+    """:func:`pixel_loss`; for a model with several ``heads``, the sum of each head's loss on its channels and its
+    row of the N×K×H×W masks (the paper's SIFT Flow net: one loss per head, summed by the solver)."""
+    if not heads:
+        return pixel_loss(logits, masks, weight=weight, **kwargs)
+    total, start = None, 0
+    for k, (_, n) in enumerate(heads):
+        w = None if weight is None else weight[start:start + n]  # class weights, head by head
+        loss = pixel_loss(logits[:, start:start + n], masks[:, k], weight=w, **kwargs)
+        total, start = loss if total is None else total + loss, start + n
+    return total
 
 
 def _labelled_weight(masks: torch.Tensor, weight: torch.Tensor | None = None, ignore_index: int = -100,
@@ -270,34 +291,75 @@ def validate(run: Run, bar) -> dict:
     """Score the validation set (single scale, unflipped), log it, and put the model back in training mode."""
     cfg, val_ds = run.cfg, run.val_ds
     val_options = {"input_size": cfg.resize} if cfg.resize else {}
+    loss = ValidationLoss(run) if not getattr(run.model, "heads", None) else None  # (one-head models)
     result = evaluate(run.predictor, val_ds, num_classes=run.num_classes, ignore_index=cfg.ignore_index,
-                      max_images=cfg.val_max_images, progress=False, **val_options)
-    metrics = scores(result["hist"], run.classes, val_ds.background_index)
+                      max_images=cfg.val_max_images, progress=False, on_prediction=loss, **val_options)
+    heads = result.get("heads", [])  # several heads: the first one's scores lead, the others' go by name
+    metrics = scores(result["hist"], run.classes[heads[0][1]] if heads else run.classes, val_ds.background_index)
     metrics["per_image_mean_iou"] = result["per_image_mean_iou"]
+    metrics.update({name: scores(hist, run.classes[s]) for name, s, hist in heads[1:]})
+    if loss is not None:
+        metrics["loss"] = loss.value()
     if run.main:
         run.logger.write({"iter": run.iteration, "val": {k: metrics[k] for k in VAL_KEYS if k in metrics},
-                          "per_class_iou": {c: v["iou"] for c, v in metrics["per_class"].items()}})
+                          "per_class_iou": {c: v["iou"] for c, v in metrics["per_class"].items()},
+                          **{f"val_{name}": {k: metrics[name][k] for k in VAL_KEYS if k in metrics[name]}
+                             for name, _, _ in heads[1:]}})
         tb = run.logger.tb
         if tb:
             tb.add_scalar("val/pixel_accuracy", metrics["pixel_accuracy"], run.iteration)
             tb.add_scalar("val/mean_iou", metrics["mean_iou"], run.iteration)
+            if "loss" in metrics:
+                tb.add_scalar("val/loss", metrics["loss"], run.iteration)
             for c, v in metrics["per_class"].items():
                 if v["iou"] is not None:
                     tb.add_scalar(f"val_iou/{c}", v["iou"], run.iteration)
             tb.add_image("val/input_truth_prediction", _panel(run, val_options), run.iteration)
         bar.write(f"iter {run.iteration}: val mIoU {metrics['mean_iou']:.4f}  pixel acc "
-                  f"{metrics['pixel_accuracy']:.4f}")
+                  f"{metrics['pixel_accuracy']:.4f}"
+                  + "".join(f"  {name} mIoU {metrics[name]['mean_iou']:.4f}" for name, _, _ in heads[1:]))
     train_mode(run.net)
     return metrics
+
+
+class ValidationLoss:
+    """The training loss (class weights, ignore index, reduction) over the validation set, from the probabilities
+    that validation computes anyway: ``−log p`` of each labelled pixel's class at the image's original resolution
+    (a probability that underflowed to 0 counts as float32's smallest normal number, −log = 87.3).
+
+    ``mean``: Σ w·(−log p) / Σ w over every labelled pixel of the set, as one batch of all of them would give;
+    ``sum`` (the authors' unnormalised loss): the mean over images of each image's sum, a one-image batch's loss.
+    Labels outside the classes are left out, as the confusion matrix leaves them."""
+
+    def __init__(self, run: Run):
+        self.weight, self.ignore_index, self.reduction = run.loss_weight, run.cfg.ignore_index, run.cfg.loss_reduction
+        self.sums = torch.zeros(3, dtype=torch.float64)  # Σ w·(−log p), Σ w, images
+
+    def __call__(self, probs: torch.Tensor, mask: torch.Tensor) -> None:
+        target = mask.to(probs.device, torch.int64)[None]
+        labelled = (target >= 0) & (target < probs.shape[1]) & (target != self.ignore_index)
+        target = torch.where(labelled, target, self.ignore_index)
+        log_p = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        total = F.nll_loss(log_p, target, weight=self.weight, ignore_index=self.ignore_index, reduction="sum")
+        weight = labelled.sum() if self.weight is None else self.weight[target[labelled]].sum()
+        self.sums += torch.tensor([float(total), float(weight), 1.0], dtype=torch.float64)
+
+    def value(self) -> float:
+        """The loss over every image seen (on every process: the sums are all-reduced first)."""
+        dist.all_reduce_sum(self.sums)
+        total, weight, images = self.sums.tolist()
+        denominator = weight if self.reduction == "mean" else images
+        return total / denominator if denominator else float("nan")
 
 
 def _panel(run: Run, val_options: dict) -> torch.Tensor:
     """input | truth | prediction of the first validation image, colour-mapped, as a CHW uint8 tensor."""
     image, mask = run.val_ds[0]
     image, mask = image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+    mask = mask[0] if mask.ndim == 3 else mask  # the first head's labels, which predict_image gives
     pred = run.predictor.predict_image(image[None], **val_options).argmax(1)[0].cpu()
     palette = run.val_ds.get_palette()
-    return torch.cat([image, colorize(mask, palette), colorize(pred, palette)], dim=2)
+    return torch.cat([run.val_ds.display_image(image), colorize(mask, palette), colorize(pred, palette)], dim=2)
 
 
 def as_user_error(e: Exception, run: Run) -> UserError | None:

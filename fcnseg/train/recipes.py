@@ -19,6 +19,12 @@ _CAMVID_DATA = dict(data="camvid", resize=[180, 240], crop_size=[180, 240], scal
                     batch_size=8, max_iters=100_000, time_budget="30m", val_every=300, val_max_images=40,
                     amp="auto", eval_flip=True, eval_scales=[0.5, 0.75, 1, 1.25, 1.5, 1.75], workers=0)
 
+# FCN.tensorflow's model and solver (its FCN.py): VGG19 FCN-8s from ImageNet weights, Adam 1e-4, batch 2; resize 256
+# then crop 224 (its reader squashes each image to 224×224: docs/training.md says how to do that instead)
+_FCN_TENSORFLOW = dict(arch="fcn8s", backbone="vgg19", optimizer="adam", lr=1e-4, weight_decay=0.0, batch_size=2,
+                       resize=256, crop_size=224, scale_range=None, scheduler="constant", max_iters=100_000,
+                       val_every=5000, pretrained_backbone="imagenet")
+
 RECIPES: dict[str, dict[str, Any]] = {
     # the one-command demo: a small fast FCN on generated scenes, a few minutes on 2 CPU cores
     "demo": dict(data="synthetic", data_options={"length": 2000, "size": [128, 160]},
@@ -26,10 +32,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                  weight_decay=1e-4, batch_size=8, crop_size=None, scale_range=[0.75, 1.25], max_iters=250,
                  scheduler="poly", warmup_iters=20, val_every=100, amp="none", workers=2),
     # FCN.tensorflow's setup: VGG19 FCN-8s, Adam 1e-4, batch 2, ADE20K with 151 classes ("0 is a class"), 224-256 px
-    "fcn-tensorflow": dict(data="ade20k", data_options={"zero_is_class": True}, arch="fcn8s", backbone="vgg19",
-                           optimizer="adam", lr=1e-4, weight_decay=0.0, batch_size=2, resize=256, crop_size=224,
-                           scale_range=None, scheduler="constant", max_iters=100_000, val_every=5000,
-                           pretrained_backbone="imagenet"),
+    "fcn-tensorflow": dict(data="ade20k", data_options={"zero_is_class": True}, **_FCN_TENSORFLOW),
+    # the fashion-parsing seed: FCN.tensorflow's setup unchanged, on clothing (CCP, 59 labels) instead of ADE20K
+    "fashion": dict(data="ccp", **_FCN_TENSORFLOW),
     # FCN-GoogLeNet's two steps on Inception-v3: the new head alone, then everything at a tenth of the lr
     "googlenet-two-step": dict(data="voc-aug", val_split="val", arch="fcn8s", backbone="inception_v3",
                                optimizer="adam", lr=1e-4, weight_decay=5e-4, batch_size=4, crop_size=320,

@@ -16,12 +16,13 @@ from torch import nn
 
 from .. import distributed as dist
 from ..data import SegmentationDataset, get_dataset
-from ..data.base import DecodedCache
+from ..data.base import IGNORE_INDEX, DecodedCache
 from ..data.transforms import build_transforms, pad_collate
 from ..errors import UserError
 from ..inference import Predictor
-from ..models import build_model
+from ..models import ARCHS, build_model
 from ..models.activation_checkpointing import enable_activation_checkpointing
+from ..provenance import provenance
 from ..runtime import resolve_amp, resolve_channels_last, select_device
 from ..weights import load_weights
 from .checkpoint import restore_training_state, restore_weights
@@ -84,9 +85,10 @@ def setup(cfg: TrainConfig, resume: dict | None, *, stage: str | None = None, pr
     num_classes = cfg.num_classes or train_ds.num_classes
     if cfg.num_classes and cfg.num_classes < train_ds.num_classes:
         raise UserError(f"num_classes={cfg.num_classes} but {cfg.data} has {train_ds.num_classes} classes")
+    check_labels(cfg, train_ds)
     classes = list(train_ds.classes) + [f"class_{i}" for i in range(len(train_ds.classes), num_classes)]
 
-    model = build_training_model(cfg, num_classes, resume)
+    model = build_training_model(cfg, num_classes, resume, heads=train_ds.heads, data=train_ds)
     model.to(device)
     channels_last = resolve_channels_last(cfg.channels_last, device, training=True)
     amp = resolve_amp(device, cfg.amp)  # the config keeps "auto": a resumed run decides again on its machine
@@ -113,7 +115,7 @@ def setup(cfg: TrainConfig, resume: dict | None, *, stage: str | None = None, pr
     logger = Logger(Path(cfg.out), main)
     logger.write({"iter": position.get("iteration", 0), "world_size": world, "batch_per_process": cfg.batch_size,
                   "accum_steps": cfg.accum_steps, "global_batch": cfg.batch_size * world * cfg.accum_steps,
-                  "device": str(device)})
+                  "device": str(device), **({"provenance": provenance(device)} if main else {})})
     predictor = Predictor(model if ema is None else ema.module, device, amp=amp, channels_last=channels_last)
     debug_hooks = DebugHooks(model, logger) if cfg.debug and main else None
     run = Run(cfg=cfg, out=Path(cfg.out), stage=stage, main=main, world=world, device=device, amp=amp,
@@ -132,7 +134,8 @@ def build_datasets(cfg: TrainConfig, *, main: bool, progress: bool) -> tuple[Seg
     """The training set (augmented; decoded once into RAM when ``cache_decoded`` says so) and the validation set."""
     def train_tf(resize):
         return build_transforms(True, crop_size=cfg.crop_size, scale_range=cfg.scale_range, hflip=cfg.hflip,
-                                color_jitter=cfg.color_jitter, resize=resize, ignore_index=cfg.ignore_index)
+                                color_jitter=cfg.color_jitter, resize=resize, ignore_index=cfg.ignore_index,
+                                color_channels=train_ds.color_channels)
 
     train_ds = get_dataset(cfg.data, cfg.root, cfg.train_split, None, **cfg.data_options)
     if cache_decoded(cfg, len(train_ds), log_reason=main):
@@ -227,16 +230,37 @@ class BatchPlan:
 
 
 # ------------------------------------------------------------------------------------------------------ model
-def build_training_model(cfg: TrainConfig, num_classes: int, resume: dict | None) -> nn.Module:
+def check_labels(cfg: TrainConfig, train_ds: SegmentationDataset) -> None:
+    """The config fits the dataset's labels: its ignore value, and a model that can have its heads."""
+    if cfg.ignore_index == IGNORE_INDEX and train_ds.ignore_index != IGNORE_INDEX:
+        # PASCAL-Context's 459 classes include a class 255: its unlabelled pixels are 65535
+        raise UserError(f"{cfg.data} marks unlabelled pixels {train_ds.ignore_index} (its classes include "
+                        f"{IGNORE_INDEX}): pass --ignore-index {train_ds.ignore_index}")
+    heads = train_ds.heads
+    if heads and (cfg.arch not in ARCHS or cfg.learnable_upsampling or cfg.num_classes not in (None, len(
+            train_ds.classes))):
+        raise UserError(f"{cfg.data} has {len(heads)} heads ({', '.join(f'{n}: {c}' for n, c in heads)} classes): "
+                        f"train an FCN ({', '.join(ARCHS)}) with fixed upsampling and num_classes left out")
+
+
+def build_training_model(cfg: TrainConfig, num_classes: int, resume: dict | None,
+                         heads: tuple[tuple[str, int], ...] | None = None,
+                         data: SegmentationDataset | None = None) -> nn.Module:
     """The model to train: built, initialised (``pretrained_backbone``, ``init_from``, or the resumed weights), its
-    parameters outside ``trainable`` frozen, its backbone checkpointed when asked."""
+    parameters outside ``trainable`` frozen, its backbone checkpointed when asked. ``heads``: the dataset's, for a
+    model with several score heads; ``data``: the training set, whose input (channels, streams, normalisation: NYUDv2's
+    depth and HHA) the model takes."""
+    inputs = {} if data is None else {"in_channels": data.in_channels, "streams": data.streams}
     model = build_model(cfg.arch, backbone=cfg.backbone, num_classes=num_classes, geometry=cfg.geometry,
                         pretrained_backbone=cfg.pretrained_backbone if resume is None else None,
-                        learnable_upsampling=cfg.learnable_upsampling, global_context=cfg.global_context)
+                        learnable_upsampling=cfg.learnable_upsampling, global_context=cfg.global_context,
+                        heads=heads, **inputs)
     if cfg.init_from and resume is None:
         report = load_weights(model, cfg.init_from)
         log.info("initialised from %s: %d tensors loaded, %d new", cfg.init_from, report["loaded"],
                  len(report["missing"]))
+    if data is not None and resume is None:
+        model.normalization = data.input_normalization(model.normalization)
     if resume is not None:
         restore_weights(model, resume)
     scope_parameters(model, cfg.trainable)
@@ -249,7 +273,7 @@ def scope_parameters(model: nn.Module, scopes: list[str] | None) -> None:
     """Freeze everything outside ``scopes`` (prefixes of parameter names; ``head`` = the score layers)."""
     if not scopes:
         for name, p in model.named_parameters():
-            if not (name.split(".")[0] in model.upsample_layers() and not model.learnable_upsampling):
+            if not (name.rpartition(".")[0] in model.upsample_layers() and not model.learnable_upsampling):
                 p.requires_grad_(True)
         return
     expanded = []
@@ -260,7 +284,7 @@ def scope_parameters(model: nn.Module, scopes: list[str] | None) -> None:
         hit = [s for s in expanded if name == s or name.startswith(s + ".")]
         for s in hit:
             matched[s] = True
-        fixed_up = name.split(".")[0] in model.upsample_layers() and not model.learnable_upsampling
+        fixed_up = name.rpartition(".")[0] in model.upsample_layers() and not model.learnable_upsampling
         p.requires_grad_(bool(hit) and not fixed_up)
     missing = [s for s, ok in matched.items() if not ok]
     if missing:

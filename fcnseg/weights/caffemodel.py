@@ -286,9 +286,13 @@ LEGACY_HEAD = {"score": "score_fr", "score_fr": "score_fr", "score2": "upscore2"
 FINAL_UPSAMPLING = {"fcn32s": "upscore", "fcn16s": "upscore16", "fcn8s": "upscore8", "fcn8s-atonce": "upscore8"}
 
 
+# The SIFT Flow nets' two heads (siftflow-fcn*/net.py: score_fr_sem, upscore2_geo, …): fcnseg head → layer suffix
+HEAD_SUFFIXES = {"semantic": "_sem", "geometric": "_geo"}
+
+
 def _head_name(layer: str, arch: str) -> str:
     name = layer.replace("-", "_")
-    if name.endswith("_sem"):  # SIFT Flow nets: the semantic head (score_fr_sem …); the geometric _geo one is unused
+    if name.endswith("_sem"):  # SIFT Flow nets into a one-head model: the semantic head; the geometric one is unused
         name = name[:-len("_sem")]
         return name if name in LEGACY_HEAD or name.startswith("upscore") else layer
     if name in ("upsample", "bigscore"):
@@ -311,6 +315,10 @@ def caffemodel_state_dict(model: nn.Module, path: str | Path) -> dict[str, torch
     become the convolutional 4096x512x7x7 / 4096x4096x1x1 kernels; head layers keep their names (blob 0 is the
     weight, blob 1 the bias). Layers the model lacks (fc8, a loss's blobs) come back under their own names, so the
     load report lists them as unexpected.
+
+    The SIFT Flow nets' ``_sem`` and ``_geo`` heads: into a model with the heads ``semantic`` and ``geometric``
+    (``model.heads``) each layer pair is stacked as that model holds it — score layers' outputs one after the other,
+    the deconvolutions' kernels on the diagonal; into a one-head model only the semantic head loads.
     """
     if not hasattr(model.backbone, "caffe_names"):
         raise UserError(f"{path}: Caffe FCN and ILSVRC weights are VGG networks; this model's backbone is "
@@ -318,16 +326,49 @@ def caffemodel_state_dict(model: nn.Module, path: str | Path) -> dict[str, torch
     names = model.backbone.caffe_names()
     own = model.state_dict()
     arch = getattr(model, "arch", "fcn8s")
-    out = {}
+    suffixes = [HEAD_SUFFIXES.get(name) for name, _ in getattr(model, "heads", None) or ()]
+    suffixes = suffixes if suffixes and all(suffixes) else []
+    out: dict[str, torch.Tensor] = {}
+    pairs: dict[str, dict[str, tuple[str, list[np.ndarray]]]] = {}  # fcnseg head layer → suffix → (layer, blobs)
     for layer, blobs in read_caffemodel(path).items():
-        prefix = f"backbone.{names[layer]}" if layer in names else _head_name(layer, arch)
-        for i, blob in enumerate(blobs):
-            key = f"{prefix}.{('weight', 'bias')[i]}" if i < 2 else f"{prefix}.blob{i}"
-            t = torch.from_numpy(blob).float()
-            target = own.get(key)
-            if target is not None and t.shape != target.shape and t.numel() == target.numel() and (
-                    layer in ("fc6", "fc7") or _squeezed(t.shape) == _squeezed(target.shape)):
-                # fc6/fc7 as InnerProduct: Caffe flattens its CxHxW input in the same order a view does
-                t = t.reshape(target.shape)
-            out[key] = t
+        suffix = next((x for x in suffixes if layer.replace("-", "_").endswith(x)), None)
+        if layer not in names and suffix is not None:
+            pairs.setdefault(_head_name(layer[:-len(suffix)], arch), {})[suffix] = (layer, blobs)
+            continue
+        _put(out, own, f"backbone.{names[layer]}" if layer in names else _head_name(layer, arch), layer, blobs)
+    for prefix, parts in pairs.items():
+        if len(parts) == len(suffixes):
+            _put(out, own, prefix, prefix, _stack_heads(prefix, [parts[x][1] for x in suffixes]))
+        else:  # a head without its partner cannot fill the stacked layer: reported as unused
+            for layer, blobs in parts.values():
+                _put(out, own, layer, layer, blobs)
     return out
+
+
+def _put(out: dict, own: dict, prefix: str, layer: str, blobs: list[np.ndarray]) -> None:
+    """``blobs`` of Caffe layer ``layer`` → ``out[prefix.weight]``, ``out[prefix.bias]`` (shaped as ``own`` holds
+    them where only singleton dimensions differ)."""
+    for i, blob in enumerate(blobs):
+        key = f"{prefix}.{('weight', 'bias')[i]}" if i < 2 else f"{prefix}.blob{i}"
+        t = torch.from_numpy(blob).float()
+        target = own.get(key)
+        if target is not None and t.shape != target.shape and t.numel() == target.numel() and (
+                layer in ("fc6", "fc7") or _squeezed(t.shape) == _squeezed(target.shape)):
+            # fc6/fc7 as InnerProduct: Caffe flattens its CxHxW input in the same order a view does
+            t = t.reshape(target.shape)
+        out[key] = t
+
+
+def _stack_heads(prefix: str, heads: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """One layer per head → the stacked layer of a several-head FCN: a deconvolution's C_k×C_k kernels on the
+    diagonal (the heads stay apart), anything else (score weights, biases) concatenated along outputs."""
+    if prefix.startswith("upscore") and all(b[0].ndim == 4 for b in heads):
+        kernels = [b[0] for b in heads]
+        n = sum(k.shape[0] for k in kernels)
+        weight = np.zeros((n, n, *kernels[0].shape[2:]), dtype=kernels[0].dtype)
+        start = 0
+        for k in kernels:
+            weight[start:start + k.shape[0], start:start + k.shape[1]] = k
+            start += k.shape[0]
+        return [weight]
+    return [np.concatenate([b[i] for b in heads]) for i in range(min(len(b) for b in heads))]

@@ -109,7 +109,8 @@ WEIGHTS: dict[str, WeightsEntry] = {e.name: e for e in (
              metric="65.5 mean IU, PASCAL VOC 2011 seg11valid (67.2 on VOC 2012 test)", **_VOC),
     _authors("voc-fcn8s-atonce", "fcn8s-atonce", "fcn8s-atonce-pascal.caffemodel",
              metric="65.4 mean IU, PASCAL VOC 2011 seg11valid", **_VOC),
-    # SIFT Flow nets have a semantic (33 classes) and a geometric (3 classes) head; fcnseg loads the semantic one
+    # SIFT Flow nets have a semantic (33 classes) and a geometric (3 classes) head; by name, the semantic one loads
+    # (load_weights into a model with heads=SIFT Flow's HEADS loads both)
     *(_authors(f"siftflow-{arch}", arch, f"siftflow-{arch}-heavy.caffemodel", tuple(SIFTFLOW_CLASSES), SIFTFLOW_BGR)
       for arch in ("fcn32s", "fcn16s", "fcn8s")),
     *(_authors(f"pascalcontext-{arch}", arch, f"pascalcontext-{arch}-heavy.caffemodel", PASCAL_CONTEXT_60, CAFFE_BGR)

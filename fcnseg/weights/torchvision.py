@@ -37,7 +37,8 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
             raise UserError(f"the download of {weights.url} does not match torchvision's checksum for {weights}: "
                             f"try again, or download it by hand and put it at {cached}") from None
         raise UserError(f"cannot get ImageNet weights for {backbone} ({e.__class__.__name__}; offline?): download "
-                        f"{weights.url} and put it at {cached}, or pass a local file as the weights") from None
+                        f"{weights.url} and put it at {cached}, or pass a local file as the weights, or start from "
+                        f"random weights (fcnseg train --pretrained-backbone none)") from None
 
 
 def vgg_features_only(state: dict[str, torch.Tensor], source) -> bool:

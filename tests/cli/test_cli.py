@@ -15,7 +15,7 @@ from fcnseg.train import loop
 from fcnseg.train.config import resolve_config
 from fcnseg.train.loop import train
 
-COMMANDS = ["demo", "train", "evaluate", "predict", "visualize", "plot", "data", "data check", "data stats",
+COMMANDS = ["demo", "train", "evaluate", "predict", "visualize", "plot", "report", "data", "data check", "data stats",
             "data download", "models", "recipes"]
 
 
@@ -38,6 +38,7 @@ def test_every_command_has_help_with_an_example(command, capsys):
     (["train", "--recipe", "demo", "--set", "channels_last=maybe"], "channels_last must be true, false or auto"),
     (["evaluate", "/no/such.pt"], "weight file not found: /no/such.pt"),
     (["predict", "/no/such.pt", "x.png", "--out", "o"], "not found: /no/such.pt"),
+    (["predict", "m.pt", "x.png", "--out", "o", "--crf-max-side", "0"], "expected a whole number of at least 1"),
     (["train", "--recipe", "demo", "--max-iters", "zero"], "invalid int value"),
     (["train", "--recipe", "demo", "--set", "lr=fast"], "lr must be a number, got 'fast'"),
     (["train", "--recipe", "demo", "--set", "max_iters=2.5"], "max_iters must be a whole number, got 2.5"),
@@ -69,6 +70,8 @@ def test_evaluate_writes_metrics(checkpoint, tmp_path, capsys):
     assert m["images"] == 3 and set(m["per_class"]) == {"sky", "grass", "road", "building", "tree", "car", "person"}
     assert (tmp_path / "ev" / "metrics.md").read_text().startswith("# synthetic val")
     assert Image.open(tmp_path / "ev" / "confusion.png").size[0] > 100
+    assert np.load(tmp_path / "ev" / "confusion.npy").sum() == 3 * 64 * 80  # every labelled pixel, once
+    assert Image.open(tmp_path / "ev" / "predictions.png").size[1] >= 3 * 64 * 0.9  # one row per image
     # image-level tags given: no image may be predicted a class its truth lacks, so the score can only rise
     assert main(["evaluate", str(checkpoint), "--out", str(tmp_path / "tags"), "--flip", "--given-tags"]) == 0
     t = json.loads((tmp_path / "tags" / "metrics.json").read_text())
@@ -165,7 +168,7 @@ def test_visualize_and_plot(checkpoint, tmp_path):
 
 def test_help_lists_every_command():
     text = build_parser().format_help()
-    for c in ("demo", "train", "evaluate", "predict", "visualize", "plot", "data"):
+    for c in ("demo", "train", "evaluate", "predict", "visualize", "plot", "report", "data"):
         assert c in text
 
 
@@ -181,6 +184,19 @@ def test_optional_commands_are_listed_and_say_what_to_install(tmp_path, monkeypa
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"pip install '{extra}'" in err, err
+
+
+def test_crf_without_pydensecrf2_is_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys, make_checkpoint):
+    for module in ("pydensecrf", "pydensecrf.densecrf", "pydensecrf.utils"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if pydensecrf2 were not installed
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(tmp_path / "a.png")
+    ckpt = make_checkpoint(tmp_path / "m.pt")
+    for argv in (["predict", str(ckpt), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--crf"],
+                 ["evaluate", str(ckpt), "--crf", "--out", str(tmp_path / "ev")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "needs pydensecrf2: pip install 'fcnseg[crf]'" in err, err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "ev").exists()
 
 
 def test_train_flags_come_from_the_config_fields():
@@ -223,3 +239,17 @@ def test_train_memory_format_flags(monkeypatch, tmp_path, flag, value):
     monkeypatch.setattr(loop, "train", lambda cfg, **kw: seen.setdefault("cfg", cfg) and done)
     main(["train", "--recipe", "demo", "--out", str(tmp_path / "r"), *flag])
     assert seen["cfg"].channels_last == value
+
+
+def test_listings_name_the_readers_options_and_model_variants(capsys):
+    """``fcnseg data`` lists every reader with its options; ``fcnseg models`` the variants the datasets build."""
+    from fcnseg.data import READERS
+    assert main(["data"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0] for ln in lines[:len(READERS)]] == list(READERS)
+    listed = "\n".join(lines)
+    for option in ("modality='color'", "task='semantic'", "classes=59", "sequences=None", "zero_is_class=False"):
+        assert option in listed
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "fcn8s/vgg16" in out and "task=both" in out and "modality=color+depth" in out and "color+hha" in out

@@ -327,6 +327,70 @@ def test_pascal_context(tmp_path):
         get_dataset("pascal-context", voc, "val")
 
 
+CONTEXT_LABELS = Path(__file__).resolve().parents[1] / "fixtures" / "pascal-context" / "labels.txt"
+
+
+def make_context_full(voc: Path, context: Path, ids=("2008_000002", "2008_000003")) -> None:
+    """trainval.tar.gz's layout (trainval/*.mat with a uint16 ``LabelMap``, labels.txt "k: name") in ``context``,
+    beside VOC 2010's JPEGImages and ImageSets/Main lists in ``voc``."""
+    (context / "trainval").mkdir(parents=True, exist_ok=True)
+    (context / "labels.txt").write_text(CONTEXT_LABELS.read_text())
+    for k, i in enumerate(ids):
+        write_image(voc / "JPEGImages" / f"{i}.jpg", k)
+        label_map = mask_with([0, 1, 255, 256, 459, 284, 360]).astype(np.uint16)
+        scipy.io.savemat(context / "trainval" / f"{i}.mat", {"LabelMap": label_map})
+    (voc / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    (voc / "ImageSets" / "Main" / "train.txt").write_text(f"{ids[0]}\n")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text(f"{ids[1]}\n")
+
+
+def test_pascal_context_459(tmp_path):
+    voc = tmp_path / "VOCdevkit" / "VOC2010"
+    make_context_full(voc, voc)  # trainval.tar.gz extracted into VOC2010
+    ds = get_dataset("pascal-context", tmp_path, "train", classes=459)
+    assert ds.num_classes == 459 and ds.ignore_index == 65535 and len(ds) == 1
+    assert ds.classes[:3] == ["accordion", "aeroplane", "air conditioner"] and ds.classes[-1] == "wool"
+    assert (ds.classes[254], ds.classes[255], ds.classes[283], ds.classes[359]) == ("money", "monkey", "person", "sky")
+    image, mask = ds[0]
+    assert image.shape == (3, H, W) and mask.dtype == torch.int64
+    # unlabelled → 65535; label k → k − 1, class 255 ("monkey") included
+    assert mask.flatten()[:7].tolist() == [65535, 0, 254, 255, 458, 283, 359]
+    assert [p.stem for p, _ in get_dataset("pascal-context", voc, "val", classes="459").pairs] == ["2008_000003"]
+    with pytest.raises(UserError, match="SegmentationClassContext"):  # the 59 classes (the default) read PNGs
+        get_dataset("pascal-context", tmp_path, "train")
+
+    # the 59-class conversion's split lists are used when present; the full labels also sit in root itself
+    other = tmp_path / "other"
+    make_context_full(other / "VOC2010", other)
+    (other / "VOC2010" / "ImageSets" / "SegmentationContext").mkdir(parents=True)
+    (other / "VOC2010" / "ImageSets" / "SegmentationContext" / "train.txt").write_text("2008_000003\n")
+    assert [p.stem for p, _ in get_dataset("pascal-context", other, "train", classes=459).pairs] == ["2008_000003"]
+
+    from fcnseg.train.config import TrainConfig
+    from fcnseg.train.setup import check_labels
+    with pytest.raises(UserError, match="marks unlabelled pixels 65535 .*pass --ignore-index 65535"):
+        check_labels(TrainConfig(data="pascal-context"), ds)
+    check_labels(TrainConfig(data="pascal-context", ignore_index=65535), ds)
+
+
+def test_pascal_context_459_errors(tmp_path):
+    voc = tmp_path / "VOC2010"
+    make_context_full(voc, voc)
+    with pytest.raises(UserError, match="pascal-context classes=60; valid: 59, 459"):
+        get_dataset("pascal-context", voc, "train", classes=60)
+    (voc / "labels.txt").write_text("1: accordion\n2: aeroplane\n")
+    with pytest.raises(UserError, match=r"labels.txt: expected 459 lines 'k: name' numbered 1..459"):
+        get_dataset("pascal-context", voc, "train", classes=459)
+    (voc / "labels.txt").unlink()
+    with pytest.raises(UserError, match=r"label list not found: .*labels.txt \(labels.txt ships in trainval.tar.gz"):
+        get_dataset("pascal-context", voc, "train", classes=459)
+    for f in (voc / "trainval").iterdir():
+        f.unlink()
+    (voc / "trainval").rmdir()
+    with pytest.raises(UserError, match="no trainval/ folder in .*extract trainval.tar.gz there"):
+        get_dataset("pascal-context", voc, "train", classes=459)
+
+
 def test_siftflow(tmp_path):
     from fcnseg.data.siftflow import SUBDIR
     base = tmp_path / "SiftFlowDataset"

@@ -219,7 +219,8 @@ def test_table():
     from fcnseg.data import READERS
     assert set(DATASETS) == set(READERS) - {"synthetic", "folder"}
     for name, src in DATASETS.items():
-        assert src.files and all(f.url.startswith(("http://", "https://")) and f.filename for f in src.files), name
+        assert (src.files or src.manual) and all(f.url.startswith(("http://", "https://")) and f.filename
+                                                 for f in src.files), name
     voc = DATASETS["voc2012"].files[0]
     assert (voc.url, voc.md5) == ("http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
                                   "6cd6e144f989b92b3379bac3b3de84fd")

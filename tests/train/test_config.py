@@ -28,3 +28,28 @@ def test_a_time_budget_is_shared_between_the_stages():
 def test_size_schedule_is_checked(bad, tiny):
     with pytest.raises(UserError, match="size_schedule must be"):
         tiny(size_schedule=bad)
+
+
+def test_a_recipes_data_options_are_for_its_own_dataset(tmp_path, caplog):
+    """fcn-tensorflow's zero_is_class is an ADE20K reader option: with another --data it is left out (it reached
+    the CCP reader, which refused it); what the user sets stays."""
+    with caplog.at_level("INFO", logger="fcnseg"):
+        cfg = resolve_config("fcn-tensorflow", None, {"data": "ccp"})
+    assert (cfg.data, cfg.data_options, cfg.backbone, cfg.crop_size) == ("ccp", {}, "vgg19", 224)
+    assert "recipe fcn-tensorflow: its data_options are for ade20k, not ccp: left out" in caplog.text
+    assert resolve_config("fcn-tensorflow", None, {}).data_options == {"zero_is_class": True}
+    assert resolve_config("fcn-tensorflow", None, {"data": "ade20k"}).data_options == {"zero_is_class": True}
+    own = resolve_config("fcn-tensorflow", None, {"data": "synthetic", "data_options": {"length": 4}})
+    assert own.data_options == {"length": 4}
+    (tmp_path / "c.yaml").write_text("data: camvid\n")
+    demo = resolve_config("demo", tmp_path / "c.yaml", {"val_data_options": {"length": 3}})
+    assert (demo.data_options, demo.val_data_options) == ({}, {"length": 3})
+    assert resolve_config("caffe-voc-fcn32s", None, {"data": "camvid"}).val_data is None  # not seg11valid
+
+
+def test_fashion_recipe_is_fcn_tensorflows_setup_on_ccp():
+    cfg = resolve_config("fashion", None, {"pretrained_backbone": "none"})
+    assert (cfg.data, cfg.arch, cfg.backbone, cfg.optimizer, cfg.lr, cfg.batch_size, cfg.resize, cfg.crop_size) == \
+        ("ccp", "fcn8s", "vgg19", "adam", 1e-4, 2, 256, 224)
+    assert cfg.data_options == {} and cfg.pretrained_backbone is None  # `none`: random weights, offline
+    assert resolve_config("fashion").pretrained_backbone == "imagenet"

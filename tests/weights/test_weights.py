@@ -603,6 +603,36 @@ def test_siftflow_semantic_head_loads(fcn8s_vgg16, tmp_path, caplog):
         fcnseg.load_weights(model, path)  # only the head this model cannot use
 
 
+def test_siftflow_both_heads_load_into_a_two_head_model(fcn8s_vgg16, tmp_path):
+    """Into a model with the heads semantic and geometric, the _sem and _geo layers both load: the semantic logits
+    are those of a one-head net holding the _sem layers, the geometric logits those of one holding the _geo layers."""
+    torch.manual_seed(3)
+    geo_net = build(num_classes=2, geometry="caffe")
+    with torch.no_grad():
+        for name in geo_net.score_layers():
+            getattr(geo_net, name).weight.normal_(0, 0.01)
+            getattr(geo_net, name).bias.normal_(0, 0.01)
+    layers = _head_layers(fcn8s_vgg16, lambda name: f"{name}_sem") | _head_layers(geo_net, lambda name: f"{name}_geo")
+    assert "upscore8_geo" in layers and layers["score_fr_geo"][0].shape == (2, 4096, 1, 1)
+    write_caffemodel(path := tmp_path / "siftflow-fcn8s-heavy.caffemodel", layers)
+    heads = (("semantic", 3), ("geometric", 2))
+    model = build(geometry="caffe", num_classes=None, heads=heads)
+    report = fcnseg.load_weights(model, path)
+    assert report["unexpected"] == [] and report["reinitialized"] == []
+    assert not [k for k in report["missing"] if not k.startswith("backbone.")]
+    assert torch.equal(model.upscore8.weight[3:, :3], torch.zeros(2, 3, 16, 16))  # the heads stay apart
+    model.backbone.load_state_dict(fcn8s_vgg16.backbone.state_dict())
+    geo_net.backbone.load_state_dict(fcn8s_vgg16.backbone.state_dict())
+    x = torch.randn(1, 3, 37, 45)
+    with torch.no_grad():
+        both = model.eval()(x)
+        assert torch.allclose(both[:, :3], fcn8s_vgg16.eval()(x), rtol=1e-4, atol=1e-6)
+        assert torch.allclose(both[:, 3:], geo_net.eval()(x), rtol=1e-4, atol=1e-6)
+    write_caffemodel(path, {k: v for k, v in layers.items() if k.endswith("_sem")})
+    with pytest.raises(UserError, match="none of its 9 tensors fit this model, e.g. score_fr_sem.weight"):
+        fcnseg.load_weights(model, path)  # a head without its partner cannot fill the stacked layers
+
+
 def test_a_file_whose_head_does_not_fit_says_so(fcn8s_vgg16, tmp_path, caplog):
     layers = {k.replace("score_fr", "score_fr_other"): v for k, v in _head_layers(fcn8s_vgg16).items()
               if k in ("score_fr", "upscore2")}
