@@ -14,6 +14,7 @@ ONNX metadata (``metadata_props``, values are JSON): ``fcnseg.classes``, ``fcnse
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -24,14 +25,17 @@ from .data import default_palette
 from .errors import UserError
 from .files import atomic_path
 from .models import model_spec
+from .onnxgraph import OPSET, TRACE_SHAPE, write_onnx
 from .train.checkpoint import model_from_checkpoint
 
+log = logging.getLogger("fcnseg")
 FORMATS = ("onnx", "torchscript")
-# traced at one size, verified at others (odd sizes and a batch of 2) so that a size baked into the graph shows up
-TRACE_SHAPE = (1, 3, 128, 160)
+# verified at sizes other than the tracing size (odd ones, a batch of 2): a size baked into the graph shows up
 VERIFY_SHAPES = ((1, 3, 97, 131), (2, 3, 160, 128), (1, 3, 224, 224))
 MIN_AGREEMENT = 0.999
-OPSET = 17
+# int8 graphs are verified on real images held out of calibration (random noise lies outside the calibrated ranges)
+INT8_HELD_OUT = 4
+INT8_MIN_AGREEMENT = 0.95
 # Inception-v3 zero-pads inputs below 75 px in Python; a traced graph keeps the no-padding branch of its tracing size,
 # so exported Inception models need H, W >= 75 (recorded as fcnseg.min_size; `fcnseg serve` pads smaller images).
 MIN_SIZE = {"inception_v3": 75}
@@ -83,13 +87,14 @@ def _compare(ref: torch.Tensor, out: torch.Tensor) -> dict:
             "argmax_agreement": (out.argmax(1) == ref.argmax(1)).double().mean().item()}
 
 
-def verify(reference: nn.Module, run, shapes=VERIFY_SHAPES, min_agreement: float | None = None) -> list[dict]:
+def verify(reference: nn.Module, run, shapes=VERIFY_SHAPES, min_agreement: float | None = None, *,
+           inputs: list[torch.Tensor] | None = None) -> list[dict]:
     """Run ``reference`` (PyTorch, fp32) and ``run`` (the exported model, a callable tensor → tensor) on random
-    0..255 images of ``shapes``; return per-shape max |Δ|, relative |Δ| and argmax agreement; raise
+    0..255 images of ``shapes`` (or on ``inputs``); return per-shape max |Δ|, relative |Δ| and argmax agreement; raise
     :class:`UserError` when any agreement is below ``min_agreement`` (default :data:`MIN_AGREEMENT`)."""
     min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
     results = []
-    for x in _inputs(shapes):
+    for x in _inputs(shapes) if inputs is None else inputs:
         with torch.no_grad():
             ref = reference(x)
         try:
@@ -108,9 +113,14 @@ def verify(reference: nn.Module, run, shapes=VERIFY_SHAPES, min_agreement: float
 
 
 def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, *, opset: int = OPSET,
-                shapes=VERIFY_SHAPES, min_agreement: float | None = None) -> list[dict]:
+                shapes=VERIFY_SHAPES, min_agreement: float | None = None,
+                calibration: list[torch.Tensor] | None = None) -> list[dict]:
     """Export ``model`` (from :func:`fcnseg.train.checkpoint.model_from_checkpoint`) to ONNX at ``out``; verify with
-    onnxruntime first (see :func:`verify`) and write ``out`` only when verification passes."""
+    onnxruntime first (see :func:`verify`) and write ``out`` only when verification passes.
+
+    ``calibration`` (0..255 float RGB images, 1×3×H×W, real ones): write the int8 graph instead
+    (:mod:`fcnseg.quantize`), calibrated on all but the last :data:`INT8_HELD_OUT` images and verified on those
+    (argmax agreement with PyTorch ≥ :data:`INT8_MIN_AGREEMENT`; recorded as ``fcnseg.int8``)."""
     try:  # lazy: an optional extra
         import onnx
         import onnxruntime as ort
@@ -119,28 +129,44 @@ def export_onnx(model: nn.Module, ckpt: dict, out: str | Path, *, opset: int = O
                         "'fcnseg[export]'") from None
     wrapped = Exportable(model).eval()
     with atomic_path(out) as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches; verified below
-            # The TorchScript-based exporter (dynamo=False) records the head's size arithmetic as Shape/Slice/Resize
-            # ops and needs no onnxscript; verification below checks every size it has to handle.
-            try:
-                torch.onnx.export(wrapped, (torch.zeros(TRACE_SHAPE),), str(tmp), dynamo=False,
-                                  opset_version=opset, input_names=["image"], output_names=["logits"],
-                                  dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                                "logits": {0: "batch", 2: "height", 3: "width"}})
-            except Exception as e:  # e.g. an opset this torch cannot write
-                raise UserError(f"ONNX export (opset {opset}) failed: {str(e).splitlines()[0][:300]}") from e
-        proto = onnx.load(str(tmp))
-        meta = metadata(model, ckpt)
-        proto.doc_string = f"fcnseg FCN. input 'image': {INPUT_DOC}. output 'logits': {OUTPUT_DOC}"
-        _set_props(proto, meta)
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        write_onnx(wrapped, tmp, opset=opset)
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         results = verify(wrapped, lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0]),
                          shapes, min_agreement)
-        session = None  # release onnxruntime's copy of the weights before saving (VGG: ~0.5 GB)
-        _set_props(proto, {"fcnseg.verification": json.dumps(results)})
+        session = None  # release onnxruntime's copy of the weights (VGG: ~0.5 GB)
+        props = {**metadata(model, ckpt), "fcnseg.verification": json.dumps(results)}
+        if calibration is not None:
+            results, props["fcnseg.int8"] = _quantize(wrapped, tmp, calibration)
+            props["fcnseg.verification"] = json.dumps(results)
+        proto = onnx.load(str(tmp))
+        proto.doc_string = f"fcnseg FCN. input 'image': {INPUT_DOC}. output 'logits': {OUTPUT_DOC}"
+        _set_props(proto, props)
         onnx.save(proto, str(tmp))
     return results
+
+
+def _quantize(wrapped: nn.Module, path: Path, calibration: list[torch.Tensor]) -> tuple[list[dict], str]:
+    """Replace the verified float graph at ``path`` by its int8 graph; its verification on held-out images."""
+    import tempfile
+
+    from .quantize import OnnxRuntimeModel, quantize_onnx
+    if len(calibration) < INT8_HELD_OUT + 1:
+        raise UserError(f"--int8 needs at least {INT8_HELD_OUT + 1} calibration images ({INT8_HELD_OUT} are held "
+                        f"out to verify the int8 graph), got {len(calibration)}")
+    used, held = calibration[:-INT8_HELD_OUT], calibration[-INT8_HELD_OUT:]
+    with tempfile.TemporaryDirectory(prefix="fcnseg-int8-", dir=path.parent) as d:
+        int8 = Path(d) / "int8.onnx"
+        quantize_onnx(path, int8, used)
+        runner = OnnxRuntimeModel(int8)
+        results = verify(wrapped, runner, inputs=held, min_agreement=INT8_MIN_AGREEMENT)
+        runner = None
+        int8.replace(path)
+    agreement = sum(r["argmax_agreement"] for r in results) / len(results)
+    log.info("int8: %d calibration images, argmax agreement %.4f%% on %d held-out images", len(used),
+             100 * agreement, len(held))
+    return results, json.dumps({"calibration_images": len(used), "verified_on": len(held),
+                                "mean_argmax_agreement": agreement, "weights": "int8 per output channel",
+                                "activations": "uint8 per tensor (MinMax)", "runtime": "onnxruntime QDQ"})
 
 
 def _set_props(proto, props: dict[str, str]) -> None:

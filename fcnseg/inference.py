@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .quantize import check_int8_supported, convert_int8, prepare_int8, quantize_int8
+from .quantize import check_int8_supported, quantize_int8
 from .runtime import autocast, available_memory, resolve_channels_last, select_device
 
 AMP_MODES = ("auto", "none", "bf16", "fp16", "int8")
@@ -40,10 +40,11 @@ class Predictor:
     float32 logits of the input's size.
 
     Settings: inference mode and eval mode always; ``amp="auto"`` uses bf16 autocast where the CPU/GPU supports it
-    natively and, on CPUs, measurably faster (fp16 on GPUs without bf16); ``channels_last`` ("auto": on, see ``channels_last_preferred``) is a
-    measured speed-up for oneDNN and cuDNN convolutions. ``amp="int8"`` (CPU, VGG/ResNet backbones) quantizes the backbone after calibrating it on
-    ``calibration`` (normalised batches) or, when that is None, on the first ``calibration_batches`` calls (which
-    run in float32 while they record activation ranges). ``predict_image`` adds whole / sliding-window inference, flips and multi-scale averaging on top.
+    natively and, on CPUs, measurably faster (fp16 on GPUs without bf16); ``channels_last`` ("auto": on, see
+    ``channels_last_preferred``) is a measured speed-up for oneDNN and cuDNN convolutions. ``amp="int8"`` (CPU; needs
+    the export extra) runs an ONNX Runtime int8 graph (:mod:`fcnseg.quantize`) calibrated on ``calibration``
+    (normalised batches) or, when that is None, on the first ``calibration_batches`` calls (which run in float32).
+    ``predict_image`` adds whole / sliding-window inference, flips and multi-scale averaging on top.
 
     Memory: ``memory_budget`` bytes (default: half the memory available when an image arrives) bound
     ``predict_image``. An image whose forward pass would exceed it runs in tiles of the sliding window; one whose
@@ -64,24 +65,26 @@ class Predictor:
         self.model = model.eval().to(self.device)
         self.amp = amp
         self._calibrating = 0
+        self._calibration: list[torch.Tensor] = []
         if amp == "int8":
             check_int8_supported(model)
-            channels_last = False  # measured: quantized kernels take NCHW input as fast, and quantize NHWC slower
-            if calibration is not None:
-                self.model = quantize_int8(self.model, calibration)
-            else:
-                self._calibrating = max(1, calibration_batches)
+            channels_last = False  # ONNX Runtime takes NCHW arrays
+            self._calibrating = max(1, calibration_batches)
         self.channels_last = channels_last = resolve_channels_last(channels_last, self.device, training=False)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = self.model
-        if compile:
+        if amp == "int8" and calibration is not None:
+            self.forward = quantize_int8(self.model, calibration)
+            self._calibrating = 0
+        if compile and amp != "int8":
             try:
                 self.forward = torch.compile(self.model, dynamic=True)
             except Exception as e:  # compile is an optimisation: never fail a prediction over it
                 log.warning("torch.compile unavailable (%s); running eagerly", e)
         self.normalization = model.normalization
         self.num_classes = model.num_classes
+        self.heads = getattr(model, "heads", None)  # several score heads: see predict_image's all_heads
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,15 +100,14 @@ class Predictor:
         return out.float()
 
     def _calibrate(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(False), torch.no_grad():  # observers update buffers: not inference tensors
-            x = x.clone()
-            if getattr(self.model, "int8_state", None) != "calibrating":
-                self.model = prepare_int8(self.model, x)
-            out = self.model(x)
+        """A float32 pass that keeps its input; after ``calibration_batches`` of them the int8 graph takes over."""
+        out = self.model(x)
+        self._calibration.append(x.clone())
         self._calibrating -= 1
         if not self._calibrating:
-            self.model = self.forward = convert_int8(self.model)
-            log.info("int8: backbone quantized after calibration")
+            with torch.inference_mode(False):
+                self.forward = quantize_int8(self.model, self._calibration)
+            self._calibration = []
         return out.float()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -115,8 +117,12 @@ class Predictor:
     @torch.inference_mode()
     def predict_image(self, images: torch.Tensor, *, scales: Sequence[float] = (1.0,), flip: bool = False,
                       input_size: Sequence[int] | int | None = None, window: int | None = None,
-                      overlap: float = 1 / 3) -> torch.Tensor:
+                      overlap: float = 1 / 3, all_heads: bool = False) -> torch.Tensor:
         """uint8 RGB N×3×H×W → averaged softmax probabilities N×C×H×W (float32) at the input's resolution.
+
+        A model with several heads (``model.heads``) gives its first head's probabilities, so that every caller sees
+        a one-head model (SIFT Flow's semantic classes); ``all_heads=True`` gives every head's, each a softmax of its
+        own, concatenated in ``heads`` order (split them with :func:`fcnseg.models.head_slices`).
 
         ``input_size``: resize to this first, as training resized (see :func:`resized_size`); ``scales``: multi-scale
         averaging; ``flip``: add horizontally flipped passes; ``window``: sliding-window inference with square tiles
@@ -146,10 +152,22 @@ class Predictor:
                     logits = logits.flip(-1)
                 if logits.shape[-2:] != (h, w):
                     logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-                p = logits.softmax(1)
+                p = self._softmax(logits, all_heads)
                 del logits
                 probs = p if probs is None else probs.add_(p)
         return probs.div_(len(scales) * (2 if flip else 1))
+
+    def _softmax(self, logits: torch.Tensor, all_heads: bool) -> torch.Tensor:
+        if not self.heads:
+            return logits.softmax(1)
+        first = self.heads[0][1]
+        if not all_heads:
+            return logits[:, :first].softmax(1)
+        start, parts = 0, []
+        for _, n in self.heads:
+            parts.append(logits[:, start:start + n].softmax(1))
+            start += n
+        return torch.cat(parts, 1)
 
     def plan_window(self, n: int, size: tuple[int, int], size0: tuple[int, int], scales: Sequence[float],
                     window: int | None, flip: bool = False) -> int | None:
@@ -215,7 +233,7 @@ class Predictor:
         leaves = [m for m in self.model.modules() if not list(m.children())]
         handles = [m.register_forward_hook(hook) for m in leaves]
         try:
-            x = torch.zeros(1, 3, side, side, device=self.device)
+            x = torch.zeros(1, getattr(self.model, "in_channels", 3), side, side, device=self.device)
             with torch.no_grad(), autocast(self.device, "none" if self.amp == "int8" else self.amp):
                 self.model(x)
         finally:

@@ -1,84 +1,127 @@
-"""int8 inference on the CPU: post-training static quantization of the backbone (FX graph mode, x86 backend).
+"""int8 inference on the CPU through ONNX Runtime: static post-training quantization of the exported ONNX graph.
 
-The backbone holds nearly all of an FCN's arithmetic (FCN-8s VGG16: 99.9%), so only it is quantized: weights per
-output channel, activations per tensor with ranges recorded on calibration images (histogram observers). The head
-(1x1 score layers, skips, bilinear upsampling) stays in float32. VGG and ResNet backbones are supported (their
-forward passes trace with torch.fx); the check that matters — argmax agreement with the float32 model — is reported
-by ``fcnseg benchmark --amp int8`` and BENCHMARKS.md.
+The model is exported with :func:`fcnseg.onnxgraph.write_onnx` (the same graph ``fcnseg export`` verifies), activation
+ranges are recorded on calibration images, and ONNX Runtime's ``quantize_static`` writes a QDQ graph: convolution
+weights int8 per output channel, activations uint8 per tensor. The session runs the convolutions (nearly all of an
+FCN's arithmetic) with int8 kernels, except the first one, which reads the image; the rest of the graph stays
+float32. Needs ``pip install 'fcnseg[export]'``.
+
+Accuracy is measured, not assumed: BENCHMARKS.md ("int8") gives speed and mIoU against float32 on a trained
+checkpoint, and ``fcnseg export --int8`` reports the argmax agreement with PyTorch on held-back calibration images.
 """
 from __future__ import annotations
 
-import copy
-import warnings
-from typing import Iterable
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
-from torch.ao.quantization import (HistogramObserver, QConfig, default_per_channel_weight_observer,
-                                   get_default_qconfig_mapping)
-from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from .errors import UserError
-from .models.backbones.vgg import GemmConv2d
-from .runtime import _cpu_flags
+from .onnxgraph import write_onnx
 
-SUPPORTED = ("vgg", "resnet")
+log = logging.getLogger("fcnseg")
+
+# op types quantized: the convolutions. Pooling, Add, Resize and the transposed (bilinear) convolutions stay float:
+# quantizing them adds Quantize/Dequantize pairs around cheap ops and costs accuracy for no speed.
+OP_TYPES = ["Conv"]
+
+
+def require_onnxruntime() -> None:
+    """Raise a one-line :class:`UserError` when the export extra (onnx, onnxruntime) is not installed."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"int8 inference runs on ONNX Runtime, and {e.name} is not installed: pip install "
+                        "'fcnseg[export]'") from None
 
 
 def check_int8_supported(model: nn.Module) -> None:
-    name = getattr(model.backbone, "name", type(model.backbone).__name__)
-    if not str(name).startswith(SUPPORTED):
-        raise UserError(f"int8 inference supports VGG and ResNet backbones, not {name}; use --amp none or bf16")
-    if "x86" not in torch.backends.quantized.supported_engines and "fbgemm" not in torch.backends.quantized.supported_engines:
-        raise UserError("this PyTorch build has no x86/fbgemm quantized kernels; int8 inference is unavailable")
+    """Refuse, in one line, what int8 cannot run: no ONNX Runtime, or a model that is not one FCN on 3 channels."""
+    require_onnxruntime()
+    if getattr(model, "streams", 1) != 1 or getattr(model, "in_channels", 3) != 3:
+        raise UserError("int8 inference takes one-stream RGB models; use --amp none or bf16 for this model")
 
 
-def qconfig_mapping(engine: str):
-    """torch's default for the engine, except that activations use the full 8-bit range on CPUs with VNNI (no
-    intermediate overflow there; torch's default keeps 7 bits for older CPUs). Measured on FCN-8s VGG16 caffe
-    geometry, random weights, 500×500: argmax agreement with fp32 99.868% (7-bit) → 99.929% (8-bit)."""
-    mapping = get_default_qconfig_mapping(engine)
-    if {"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags():
-        mapping.set_global(QConfig(activation=HistogramObserver.with_args(reduce_range=False),
-                                   weight=default_per_channel_weight_observer))
-    return mapping
+class _Batches:
+    """onnxruntime's ``CalibrationDataReader`` protocol over an iterable of N×C×H×W float tensors."""
+
+    def __init__(self, batches: Iterable[torch.Tensor], name: str):
+        self._it: Iterator[torch.Tensor] = iter(batches)
+        self.name, self.count = name, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self._it, None)
+        if x is None:
+            return None
+        self.count += 1
+        return {self.name: x.detach().float().cpu().contiguous().numpy()}
+
+    def rewind(self) -> None:  # the MinMax calibrator reads the data once
+        raise NotImplementedError
 
 
-def prepare_int8(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """A float copy of ``model`` (CPU, eval) whose backbone records activation ranges as it runs (calibration)."""
-    check_int8_supported(model)
-    engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
-    torch.backends.quantized.engine = engine
-    q = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
-    for name, m in list(q.backbone.named_modules()):  # torch.ao quantizes nn.Conv2d modules
-        if isinstance(m, GemmConv2d):
-            parent, _, child = name.rpartition(".")
-            setattr(q.backbone.get_submodule(parent) if parent else q.backbone, child, m.as_conv2d())
-    with warnings.catch_warnings():  # torch.ao announces its move to torchao on every call
-        warnings.simplefilter("ignore")
-        q.backbone = prepare_fx(q.backbone, qconfig_mapping(engine), example_inputs=(example.cpu(),))
-    q.int8_state = "calibrating"
-    return q
+def quantize_onnx(src: str | Path, dst: str | Path, calibration: Iterable[torch.Tensor], *,
+                  input_name: str = "image") -> int:
+    """Quantize the float ONNX graph ``src`` into ``dst`` (QDQ, see the module docstring), with activation ranges
+    from ``calibration`` (batches of ``src``'s input); returns the number of calibration batches."""
+    require_onnxruntime()
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-
-def convert_int8(model: nn.Module) -> nn.Module:
-    """Turn a calibrated ``prepare_int8`` model into the int8 one (in place; returned for convenience)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.backbone = convert_fx(model.backbone)
-    model.int8_state = "int8"
-    return model
-
-
-@torch.inference_mode(False)
-@torch.no_grad()
-def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.Module:
-    """An int8 copy of ``model`` calibrated on normalised N×3×H×W batches (a few real images are enough)."""
-    q = None
-    for x in calibration:
-        if q is None:
-            q = prepare_int8(model, x)
-        q(x.cpu().clone())
-    if q is None:
+    reader = _Batches(calibration, input_name)
+    with tempfile.TemporaryDirectory(prefix="fcnseg-int8-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # folds constants, fuses, infers shapes
+        quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=OP_TYPES,
+                        nodes_to_exclude=first_convolution(pre),
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    if not reader.count:
         raise UserError("int8 quantization needs at least one calibration batch")
-    return convert_int8(q)
+    return reader.count
+
+
+def first_convolution(path: str | Path) -> list[str]:
+    """The name of the graph's first Conv node (the one that reads the image), kept in float32: quantizing it cost a
+    trained CamVid FCN-4s ResNet-18 0.97 mIoU points (0.4520 vs 0.4617 float, 101 val images), keeping it 0.00
+    (0.4618), where keeping the four score layers instead gained nothing (0.4517) — BENCHMARKS.md, int8."""
+    import onnx
+    convs = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "Conv"]
+    return convs[:1]
+
+
+class OnnxRuntimeModel:
+    """An ONNX file run by ONNX Runtime on the CPU, called like a module: N×C×H×W float tensor → float32 tensor."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        require_onnxruntime()
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor]) -> OnnxRuntimeModel:
+    """An int8 ONNX Runtime copy of ``model`` (its input as the model takes it, i.e. normalised), calibrated on
+    ``calibration`` batches (a few real images are enough; more give steadier ranges)."""
+    check_int8_supported(model)
+    float_model = model.eval().float().cpu()
+    with tempfile.TemporaryDirectory(prefix="fcnseg-int8-") as tmp:
+        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        write_onnx(float_model, fp32)
+        n = quantize_onnx(fp32, int8, calibration)
+        runner = OnnxRuntimeModel(int8)
+    log.info("int8: ONNX Runtime graph quantized after %d calibration batch(es)", n)
+    return runner

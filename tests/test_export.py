@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,19 +104,48 @@ def test_failed_verification_writes_nothing(tmp_path, make_checkpoint, monkeypat
     assert not out.exists() and list(out.parent.iterdir()) == []
 
 
-@pytest.mark.parametrize("fmt", export.FORMATS)
-def test_size_baked_into_graph_is_caught(tmp_path, make_checkpoint, fmt):
-    """A model whose output size is read as a Python int traces to a fixed-size graph: verification at other
-    sizes must refuse it."""
-    ckpt = make_checkpoint(tmp_path)
-    model, meta = model_from_checkpoint(ckpt)
+def _int_sized(model):
+    """``model`` resized to its input's size read as Python ints: a constant to the TorchScript tracer."""
     orig = model.forward
     model.forward = lambda x: F.interpolate(orig(x), size=(int(x.shape[-2]), int(x.shape[-1])))
-    out = tmp_path / "baked.onnx"
-    fn = export.export_onnx if fmt == "onnx" else export.export_torchscript
-    with pytest.raises(UserError, match="failed|verification"):
-        fn(model.eval(), meta, out)
+    return model.eval()
+
+
+def test_size_baked_into_a_torchscript_graph_is_caught(tmp_path, make_checkpoint):
+    model, meta = model_from_checkpoint(make_checkpoint(tmp_path))
+    out = tmp_path / "baked.pt"
+    with pytest.raises(UserError, match="verification"):
+        export.export_torchscript(_int_sized(model), meta, out)
     assert not out.exists() and list(tmp_path.glob(".baked*")) == []
+
+
+def test_onnx_graph_with_a_fixed_size_is_refused(tmp_path, make_checkpoint, monkeypatch):
+    """Whatever the exporter, a graph whose output size does not follow the input's is refused, and no file left."""
+    model, meta = model_from_checkpoint(make_checkpoint(tmp_path))
+    real = export.write_onnx
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return F.interpolate(self.inner(x), size=export.TRACE_SHAPE[-2:])
+
+    monkeypatch.setattr(export, "write_onnx", lambda module, path, **kw: real(Fixed(module), path, **kw))
+    out = tmp_path / "baked.onnx"
+    with pytest.raises(UserError, match="verification failed"):
+        export.export_onnx(model.eval(), meta, out)
+    assert not out.exists() and list(tmp_path.glob(".baked*")) == []
+
+
+def test_onnx_export_keeps_sizes_symbolic(tmp_path, make_checkpoint):
+    """torch.export traces sizes symbolically: the int()-sized model that the TorchScript tracer bakes exports with
+    dynamic height and width, and verifies at every size."""
+    model, meta = model_from_checkpoint(make_checkpoint(tmp_path))
+    results = export.export_onnx(_int_sized(model), meta, tmp_path / "m.onnx")
+    assert [r["shape"][2:] for r in results] == [list(s[2:]) for s in export.VERIFY_SHAPES]
+    assert all(r["argmax_agreement"] >= 0.999 for r in results)
 
 
 def test_unknown_checkpoint_is_a_user_error(tmp_path, capsys):
@@ -170,3 +200,30 @@ def assert_onnx_export_agrees(ckpt, tmp_path):
     assert got.shape == ref.shape and agreement(got, ref) >= 0.999
     assert np.isfinite(got.numpy()).all()
     assert len(ref.argmax(1).unique()) > 1  # the comparison is not between two constant maps
+
+
+def test_int8_onnx_export_from_the_runs_training_data(tmp_path, capsys):
+    """``--int8``: an int8 QDQ graph calibrated on the run's own training images (the demo's generated scenes),
+    verified on held-out ones, with its provenance in the metadata."""
+    ckpt = Path(__file__).parent / "fixtures" / "demo-59aa9b1-last.pt"
+    out = tmp_path / "demo-int8.onnx"
+    assert main(["export", str(ckpt), "--int8", "--calibration", "6", "--out", str(out)]) == 0
+    assert "verified int8 on a held-out image" in capsys.readouterr().out
+    proto = onnx.load(str(out))
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props if p.key.startswith("fcnseg.")}
+    assert meta["fcnseg.int8"]["calibration_images"] == 6 and meta["fcnseg.int8"]["verified_on"] == 4
+    assert meta["fcnseg.int8"]["mean_argmax_agreement"] >= export.INT8_MIN_AGREEMENT
+    assert sum(i.data_type == onnx.TensorProto.INT8 for i in proto.graph.initializer) >= 20  # conv weights
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"image": fresh_input().numpy()})[0].shape == (1, 7, 83, 109)
+
+
+def test_int8_export_needs_enough_images(tmp_path, capsys):
+    from PIL import Image
+    for i in range(2):
+        Image.fromarray(np.full((32, 40, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    ckpt = Path(__file__).parent / "fixtures" / "demo-59aa9b1-last.pt"
+    rc = main(["export", str(ckpt), "--int8", "--calibration-data", str(tmp_path), "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--int8 needs at least 5 calibration images" in err[0] and "found 2" in err[0]
+    assert not (tmp_path / "m.onnx").exists()

@@ -21,7 +21,7 @@ def add_parser(subs) -> None:
     p.add_argument("--size", default="500x500", help="input HxW (default 500x500)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 (autocast; the loss stays fp32) | int8 (CPU "
-                   "inference: quantized backbone, calibrated on the benchmark input)")
+                   "inference on ONNX Runtime, calibrated on the benchmark input)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--mode", default="infer", help="infer (fcnseg's Predictor) | train (one SGD step)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (default 5)")

@@ -98,6 +98,8 @@ class Upsample(nn.ConvTranspose2d):
         if (w.requires_grad or self.bias is not None or self.groups != 1 or w.shape[0] != w.shape[1]
                 or tuple(self.dilation) != (1, 1)):
             return None
+        if torch.compiler.is_compiling():  # torch.export / torch.compile trace fake weights: keep the eager plan
+            return self._fast if self._key is not None else None
         key = (w.data_ptr(), w._version, w.device, w.dtype)
         if key != self._key:
             self._key, self._fast = key, None
@@ -149,14 +151,36 @@ class Upsample(nn.ConvTranspose2d):
                                   groups=diag.shape[0], dilation=self.dilation)
 
 
+def head_slices(heads) -> list[tuple[str, slice]]:
+    """``((name, classes), ...)`` → each head's name and its channels of the model's output."""
+    out, start = [], 0
+    for name, n in heads:
+        out.append((name, slice(start, start + n)))
+        start += n
+    return out
+
+
 class FCN(nn.Module):
-    """backbone → ``{stride: features}`` → FCN-32s/16s/8s head → logits of the input's size (a plain tensor)."""
+    """backbone → ``{stride: features}`` → FCN-32s/16s/8s head → logits of the input's size (a plain tensor).
+
+    ``heads`` (``((name, classes), ...)``, e.g. SIFT Flow's semantic 33 and geometric 3): several score heads on one
+    backbone, as the paper's SIFT Flow net. Their score layers are stacked into one of ``num_classes`` = the sum of
+    outputs: a 1×1 convolution's output channels are independent, and the fixed bilinear upsampling is per channel,
+    so this computes exactly the separate heads (``score_fr_sem`` / ``score_fr_geo`` …). The logits hold the heads'
+    channels in order; :func:`head_slices` splits them, and each head has its own softmax and loss.
+    """
 
     def __init__(self, backbone: nn.Module, num_classes: int, *, arch: str = "fcn8s", geometry: str = "aligned",
-                 learnable_upsampling: bool = False, global_context: bool = False, grid: str | None = None):
+                 learnable_upsampling: bool = False, global_context: bool = False, grid: str | None = None,
+                 heads: tuple[tuple[str, int], ...] | None = None):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+        self.heads = tuple((str(name), int(n)) for name, n in heads) if heads else None
+        if self.heads and (len(self.heads) < 2 or sum(n for _, n in self.heads) != num_classes
+                           or min(n for _, n in self.heads) < 1):
+            raise ValueError(f"heads {self.heads} must be two or more (name, classes) pairs summing to num_classes "
+                             f"{num_classes}")
         if arch not in PAPER_ARCHS and geometry != "aligned":
             raise ValueError(f"{arch} has the aligned geometry only (the authors' Caffe nets stop at fcn8s)")
         grid = grid or getattr(backbone, "grid", "cell")
@@ -215,6 +239,8 @@ class FCN(nn.Module):
     def set_learnable_upsampling(self, learnable: bool) -> None:
         """Fixed bilinear upsampling is the default (the paper found learning it brings little); it stays a
         parameter, with ``requires_grad`` off, so state dicts match the authors' nets either way."""
+        if learnable and self.heads:  # a learnt C×C deconvolution would mix the heads' scores
+            raise ValueError("a model with several heads keeps its upsampling fixed (learnable_upsampling=False)")
         self.learnable_upsampling = learnable
         for name in self.upsample_layers():
             getattr(self, name).weight.requires_grad_(learnable)

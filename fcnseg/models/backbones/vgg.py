@@ -15,14 +15,11 @@ from torchvision import models as tvm
 
 from ...normalization import IMAGENET, CAFFE_BGR
 
-try:
-    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as _fx_tracing
-except ImportError:  # older torch
-    from torch.fx._symbolic_trace import is_fx_tracing as _fx_tracing
-
 
 def _exporting() -> bool:
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _fx_tracing()
+    """Traced (TorchScript) or exported / compiled (torch.export, torch.compile): the graph gets a Conv node, which
+    ONNX Runtime's int8 quantization and the compilers know."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 class GemmConv2d(nn.Conv2d):
@@ -62,13 +59,6 @@ class GemmConv2d(nn.Conv2d):
                 wmat = weight.reshape(self.out_channels, -1)
         out = cols @ wmat.t() if self.bias is None else torch.addmm(self.bias, cols, wmat.t())  # (autocast applies)
         return out.view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)  # NCHW, channels_last memory
-
-    def as_conv2d(self) -> nn.Conv2d:
-        """A plain ``nn.Conv2d`` sharing this layer's parameters (for torch.ao quantization)."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, padding=self.padding,
-                         bias=self.bias is not None, device="meta")
-        conv.weight, conv.bias = self.weight, self.bias
-        return conv
 
 
 class VGGBackbone(nn.Module):
