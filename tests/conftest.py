@@ -177,3 +177,67 @@ def photos() -> types.SimpleNamespace:
     ``png_bomb(path, side)``: see each."""
     return types.SimpleNamespace(photo=photo, displayed=displayed, with_orientation=with_orientation,
                                  png_bomb=png_bomb)
+
+
+# ------------------------------------------------------------------------------------------ the smoke subset
+# `pytest -m smoke`: a fast pass over every dependency (models forward and backward, the data transforms, image
+# decoding, training and evaluation through the CLI (one process and torchrun), checkpoints and weight files, figures, export, serve, CRF,
+# int8), which .ci/min-versions runs on the lowest supported versions (docs/dependencies.md). Node ids; a listed id
+# that its collected file no longer has is an error, so a renamed test cannot drop out of the subset unnoticed.
+SMOKE = (
+    "tests/models/test_fcn.py::test_forward_backward_any_size[fcn8s-resnet18]",
+    "tests/models/test_fcn.py::test_forward_backward_any_size[fcn8s-vgg16]",
+    "tests/models/test_fcn.py::test_forward_backward_any_size[fcn8s-inception_v3]",
+    "tests/models/test_fcn.py::test_forward_backward_any_size[fcn32s-mobilenet_v3_large]",
+    "tests/models/test_fcn.py::test_gemm_conv_matches_the_convolution[3-7-channels_last]",
+    "tests/data/test_transforms.py::test_image_and_mask_stay_aligned_and_masks_gain_no_values",
+    "tests/data/test_transforms.py::test_pad_collate_pads_image_with_zero_and_mask_with_ignore",
+    "tests/data/test_transforms.py::test_synthetic_is_deterministic_and_has_all_classes",
+    "tests/data/test_io.py::test_exif_orientation_gives_the_displayed_photo[6]",
+    "tests/data/test_io.py::test_a_rotated_phone_jpeg_comes_out_upright",
+    "tests/data/test_io.py::test_a_bomb_is_refused_from_its_header_without_decoding",
+    "tests/data/test_io.py::test_16_bit_png_scales_by_257",
+    "tests/data/test_io.py::test_transparency_is_composited_onto_white",
+    "tests/data/test_io.py::test_animations_and_multipage_files_give_their_first_frame_and_say_so[TIFF]",
+    "tests/test_metrics.py::test_hand_computed_case",
+    "tests/test_inference.py::test_multi_scale_passes_come_back_aligned[0.75]",
+    "tests/test_files.py::test_text_torch_image_and_figure_writes_land_whole",
+    "tests/test_viz.py::test_index_pngs_hold_more_than_256_classes",
+    "tests/train/test_config.py::test_set_reads_numbers_yaml_keeps_as_text",
+    "tests/train/test_loop.py::test_debug_logs_gradients_tensorboard_and_plot",
+    "tests/train/test_distributed.py::test_distributed_evaluation_equals_single_process",  # CLI train + evaluate
+    "tests/cli/test_cli.py::test_visualize_and_plot",
+    "tests/train/test_checkpoint.py::test_an_old_checkpoint_loads_safely_and_rebuilds_its_model",
+    "tests/train/test_checkpoint.py::test_a_checkpoint_from_a_newer_fcnseg_is_refused_in_one_line",
+    "tests/weights/test_weights.py::test_fcnseg_round_trip",
+    "tests/weights/test_weights.py::test_pickle_with_code_is_refused[torch.save]",
+    "tests/weights/test_weights.py::test_reader_accepts_unpacked_v0_and_double_blobs",
+    "tests/weights/test_weights.py::test_matconvnet_legacy_normalization_and_errors",
+    "tests/weights/test_named_weights.py::test_safetensors_round_trip_is_bit_identical",
+    "tests/weights/test_named_weights.py::test_bad_safetensors_file_is_one_line[truncated]",
+    "tests/test_export.py::test_onnx_export_cli_metadata_dynamic_axes_and_parity",
+    "tests/test_export.py::test_torchscript_export_round_trip",
+    "tests/test_serve.py::test_healthz_reports_the_model",
+    "tests/test_serve.py::test_segment_json_matches_predictor",
+    "tests/test_serve.py::test_too_large_upload_is_413",
+    "tests/test_serve.py::test_non_image_is_415_and_corrupt_image_is_400",
+    "tests/test_serve.py::test_cli_serve_prints_url_and_answers",
+    "tests/test_browser.py::test_upload_shows_overlay_legend_and_download",  # skips without chromium
+    "tests/test_crf.py::test_crf_snaps_noisy_scores_to_image_regions",
+    "tests/test_quantize.py::test_int8_is_close_to_fp32",
+    "tests/test_packaging.py::test_lower_bounds_equal_the_minimum_versions_pins",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects
+def pytest_collection_modifyitems(config, items):
+    wanted = set(SMOKE)
+    for item in items:
+        if item.nodeid in wanted:
+            item.add_marker(pytest.mark.smoke)
+    if any("::" in arg for arg in config.args):  # tests picked by node id: the files were not collected whole
+        return
+    collected_files = {item.nodeid.split("::")[0] for item in items}
+    missing = sorted(i for i in wanted - {item.nodeid for item in items} if i.split("::")[0] in collected_files)
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py SMOKE lists tests that do not exist: {', '.join(missing)}")
