@@ -181,9 +181,10 @@ def photos() -> types.SimpleNamespace:
 
 # ------------------------------------------------------------------------------------------ the smoke subset
 # `pytest -m smoke`: a fast pass over every dependency (models forward and backward, the data transforms, image
-# decoding, training and evaluation through the CLI (one process and torchrun), checkpoints and weight files, figures, export, serve, CRF,
-# int8), which .ci/min-versions runs on the lowest supported versions (docs/dependencies.md). Node ids; a listed id
-# that its collected file no longer has is an error, so a renamed test cannot drop out of the subset unnoticed.
+# decoding, training and evaluation through the CLI in one process and under torchrun, checkpoints and weight files,
+# figures, export, serve, CRF, int8, the browser page), which .ci/min-versions runs on the lowest supported versions
+# (docs/dependencies.md). Node ids; a listed id that its collected file no longer has is an error, so a renamed test
+# cannot drop out of the subset unnoticed.
 SMOKE = (
     "tests/models/test_fcn.py::test_forward_backward_any_size[fcn8s-resnet18]",
     "tests/models/test_fcn.py::test_forward_backward_any_size[fcn8s-vgg16]",

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-from packaging.requirements import Requirement  # noqa: E402 (pytest's own dependency)
-from packaging.utils import canonicalize_name  # noqa: E402
+from packaging.requirements import Requirement  # (pytest's own dependency)
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
