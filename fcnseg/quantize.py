@@ -48,21 +48,19 @@ def check_int8_supported(model: nn.Module) -> None:
 
 
 class _Batches:
-    """onnxruntime's ``CalibrationDataReader`` protocol over an iterable of N×C×H×W float tensors."""
+    """onnxruntime's ``CalibrationDataReader`` protocol over N×C×H×W float tensors (kept, so it can rewind)."""
 
     def __init__(self, batches: Iterable[torch.Tensor], name: str):
-        self._it: Iterator[torch.Tensor] = iter(batches)
-        self.name, self.count = name, 0
+        self.batches = [x.detach().float().cpu().contiguous().numpy() for x in batches]
+        self.name, self.count = name, len(self.batches)
+        self.rewind()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         x = next(self._it, None)
-        if x is None:
-            return None
-        self.count += 1
-        return {self.name: x.detach().float().cpu().contiguous().numpy()}
+        return None if x is None else {self.name: x}
 
-    def rewind(self) -> None:  # the MinMax calibrator reads the data once
-        raise NotImplementedError
+    def rewind(self) -> None:
+        self._it: Iterator[np.ndarray] = iter(self.batches)
 
 
 def quantize_onnx(src: str | Path, dst: str | Path, calibration: Iterable[torch.Tensor], *,
@@ -74,6 +72,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: Iterable[torch.
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     reader = _Batches(calibration, input_name)
+    if not reader.count:
+        raise UserError("int8 quantization needs at least one calibration batch")
     with tempfile.TemporaryDirectory(prefix="fcnseg-int8-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # folds constants, fuses, infers shapes
@@ -82,8 +82,6 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: Iterable[torch.
                         calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=OP_TYPES,
                         nodes_to_exclude=first_convolution(pre),
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-    if not reader.count:
-        raise UserError("int8 quantization needs at least one calibration batch")
     return reader.count
 
 

@@ -8,6 +8,8 @@ decodes the first frame of animations and multi-page files (with a warning).
 """
 from __future__ import annotations
 
+import contextlib
+
 import logging
 from pathlib import Path
 
@@ -94,16 +96,23 @@ def to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(a.round().clip(0, 255).astype(np.uint8))
 
 
+@contextlib.contextmanager
+def _decoded(path: Path, what: str, max_pixels: int | None):
+    """The image at ``path``, header-checked and decoded; a decoding error is one line naming ``what`` and the file."""
+    with open_image(path, what=what, max_pixels=max_pixels) as im:
+        try:
+            im.load()
+        except DECODE_ERRORS as e:
+            raise UnreadableImage(f"cannot read {what} {path}: {e.__class__.__name__}: {e} (corrupt or "
+                                  f"truncated?)") from None
+        yield im
+
+
 def read_index_mask(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read a class-index mask (palette PNG or grayscale PNG) as a ``H×W`` uint8/int64 array of raw values. Masks
     are never rotated by EXIF orientation: they label the stored pixels."""
     path = Path(path)
-    with open_image(path, what="mask", max_pixels=max_pixels) as im:
-        try:
-            im.load()
-        except DECODE_ERRORS as e:
-            raise UnreadableImage(f"cannot read mask {path}: {e.__class__.__name__}: {e} (corrupt or "
-                                  f"truncated?)") from None
+    with _decoded(path, "mask", max_pixels) as im:
         if im.mode in ("P", "L", "I;16", "I;16B", "I", "1"):
             return np.asarray(im).astype(np.int64 if im.mode.startswith("I") else np.uint8)
         if im.mode in ("RGB", "RGBA"):
@@ -119,12 +128,7 @@ def read_depth(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
     """A 16-bit depth PNG (millimetres, as NYUDv2's depth maps are stored) → ``H×W`` float32 millimetres. Other
     modes are refused: an 8-bit image would be read as depths of 0-255 mm."""
     path = Path(path)
-    with open_image(path, what="depth image", max_pixels=max_pixels) as im:
-        try:
-            im.load()
-        except DECODE_ERRORS as e:
-            raise UnreadableImage(f"cannot read depth image {path}: {e.__class__.__name__}: {e} (corrupt or "
-                                  f"truncated?)") from None
+    with _decoded(path, "depth image", max_pixels) as im:
         if not im.mode.startswith("I"):
             raise UserError(f"depth image {path} has mode {im.mode}; save depth as a 16-bit grayscale PNG of "
                             f"millimetres")
