@@ -99,16 +99,30 @@ def run_fold(args: argparse.Namespace, held_out: str, seed: int) -> dict:
     if {sequence_of(img) for img, _ in evaluated.pairs} != {held_out} or len(evaluated) != held_frames:
         raise SystemExit(f"{last}: its recorded validation data is not the {held_frames} frames of {held_out}")
     eval_argv = ["evaluate", str(last), "--split", "trainval", "--out", str(scored.parent)]
+    metrics = score(last, eval_argv)
+    result = {"fold": held_out, "seed": seed, "train_sequences": [s for s in FOLDS if s != held_out],
+              "train_frames": train_frames, "heldout_frames": held_frames, "iterations": ckpt["iteration"],
+              "train_seconds": round(ckpt.get("used_time", 0.0), 1), **scores(metrics),
+              "protocol": metrics.get("protocol"), "run": str(run),
+              "commands": ["fcnseg " + shlex.join(argv), "fcnseg " + shlex.join(eval_argv)]}
+    if "raw_model" in ckpt:  # a run with ema_decay: its last training weights are the same recipe without the average
+        raw_argv = ["evaluate", str(last), "--split", "trainval", "--no-ema", "--out", str(run / "eval-heldout-last")]
+        result["last_weights"] = scores(score(last, raw_argv))
+        result["commands"].append("fcnseg " + shlex.join(raw_argv))
+    return result
+
+
+def score(last: Path, eval_argv: list[str]) -> dict:
+    """The metrics of ``fcnseg evaluate`` EVAL_ARGV, run unless its metrics.json is newer than the checkpoint."""
+    scored = Path(eval_argv[eval_argv.index("--out") + 1]) / "metrics.json"
     if not scored.is_file() or scored.stat().st_mtime < last.stat().st_mtime:
         fcnseg(eval_argv)
-    metrics = json.loads(scored.read_text())
-    return {"fold": held_out, "seed": seed, "train_sequences": [s for s in FOLDS if s != held_out],
-            "train_frames": train_frames, "heldout_frames": held_frames, "iterations": ckpt["iteration"],
-            "train_seconds": round(ckpt.get("used_time", 0.0), 1), "mean_iou": metrics["mean_iou"],
-            "pixel_accuracy": metrics["pixel_accuracy"],
-            "per_class_iou": {c: v["iou"] for c, v in metrics["per_class"].items()},
-            "protocol": metrics.get("protocol"), "run": str(run),
-            "commands": ["fcnseg " + shlex.join(argv), "fcnseg " + shlex.join(eval_argv)]}
+    return json.loads(scored.read_text())
+
+
+def scores(metrics: dict) -> dict:
+    return {"mean_iou": metrics["mean_iou"], "pixel_accuracy": metrics["pixel_accuracy"],
+            "per_class_iou": {c: v["iou"] for c, v in metrics["per_class"].items()}}
 
 
 def check_same_run(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
@@ -136,9 +150,12 @@ def summarize(runs: list[dict]) -> dict:
     folds = dict.fromkeys(r["fold"] for r in runs)
     per_fold = {f: spread([r["mean_iou"] for r in runs if r["fold"] == f]) for f in folds}
     seed_std = [s["std"] for s in per_fold.values() if s["n"] > 1]
-    return {"mean_iou": spread([r["mean_iou"] for r in runs]), "per_fold": per_fold,
-            "seed_std": statistics.fmean(seed_std) if seed_std else None,
-            "per_class_iou": {c: spread([r["per_class_iou"][c] for r in runs]) for c in classes}}
+    summary = {"mean_iou": spread([r["mean_iou"] for r in runs]), "per_fold": per_fold,
+               "seed_std": statistics.fmean(seed_std) if seed_std else None,
+               "per_class_iou": {c: spread([r["per_class_iou"][c] for r in runs]) for c in classes}}
+    if all(r.get("last_weights") for r in runs):  # runs with ema_decay: the same runs scored without the average
+        summary["last_weights"] = summarize([{**r, **r["last_weights"], "last_weights": None} for r in runs])
+    return summary
 
 
 def table(runs: list[dict], summary: dict) -> str:
@@ -154,6 +171,11 @@ def table(runs: list[dict], summary: dict) -> str:
                  + " | ".join(pm(summary["per_class_iou"][c]) for c in classes) + " |")
     if summary["seed_std"] is not None:
         lines.append(f"\nseed spread (std between seeds, mean over folds): {summary['seed_std']:.4f}")
+    if "last_weights" in summary:
+        last = summary["last_weights"]["mean_iou"]
+        lines.append(f"\nthe same runs' last training weights instead of their average (`evaluate --no-ema`): "
+                     f"held-out mIoU {pm(last)}, per run "
+                     + ", ".join(f"{r['fold']}/{r['seed']} {r['last_weights']['mean_iou']:.4f}" for r in runs))
     return "\n".join(lines)
 
 

@@ -212,6 +212,22 @@ def test_one_fold_end_to_end_then_reused(camvid, tmp_path, capsys):
                              "--seeds", "0", *[a for s in TINY + ["max_iters=3"] for a in ("--set", s)]])
 
 
+def test_a_fold_with_a_weight_average_is_also_scored_on_its_last_weights(camvid, tmp_path, capsys):
+    """With ema_decay the checkpoint holds both the average and the last training weights, which are the weights the
+    same recipe without the average ends with: both are scored, so one run measures both recipes."""
+    saved = run_folds(camvid, tmp_path / "folds", "--folds", "0016E5", "--seeds", "0", "--set", "ema_decay=0.5")
+    run = saved["runs"][0]
+    avg = json.loads((Path(run["run"]) / "eval-heldout" / "metrics.json").read_text())
+    last = json.loads((Path(run["run"]) / "eval-heldout-last" / "metrics.json").read_text())
+    assert avg["protocol"]["weights"] == "ema" and last["protocol"]["weights"] == "raw"
+    assert run["last_weights"]["mean_iou"] == last["mean_iou"] and run["mean_iou"] == avg["mean_iou"]
+    assert list(run["last_weights"]["per_class_iou"]) == CLASSES
+    assert run["commands"][2].endswith(f"--no-ema --out {Path(run['run']) / 'eval-heldout-last'}")
+    assert saved["summary"]["last_weights"]["mean_iou"]["mean"] == last["mean_iou"]
+    printed = capsys.readouterr().out
+    assert f"held-out mIoU {last['mean_iou']:.3f} ± 0.000, per run 0016E5/0 {last['mean_iou']:.4f}" in printed
+
+
 def test_summary_is_mean_and_sample_std_over_folds_and_seeds():
     folds = folds_module()
     runs = [{"fold": f, "seed": s, "iterations": 5, "mean_iou": m, "per_class_iou": {"Sky": m / 2, "Pole": None}}

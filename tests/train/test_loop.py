@@ -77,6 +77,19 @@ def test_training_ema_averages_the_trajectory(tmp_path, tiny):
         assert json.loads((tmp_path / weights / "metrics.json").read_text())["protocol"]["weights"] == weights
 
 
+def test_the_average_does_not_feed_back_into_training(tmp_path, tiny):
+    """A run with ema_decay ends with the same training weights as the run without it (validation, which scores the
+    average, included): the CamVid folds score both recipes from one series of runs."""
+    common = dict(max_iters=6, val_every=2, deterministic=True, arch="fcn8s", seed=5)
+    train(tiny("plain", **common), progress=False)
+    train(tiny("ema", ema_decay=0.9, **common), progress=False)
+    plain, ema = read_checkpoint(tmp_path / "plain" / "last.pt"), read_checkpoint(tmp_path / "ema" / "last.pt")
+    assert plain["model"].keys() == ema["raw_model"].keys()
+    for k, v in plain["model"].items():
+        assert torch.equal(v, ema["raw_model"][k]), k
+    assert not torch.equal(ema["model"]["score_fr.weight"], ema["raw_model"]["score_fr.weight"])
+
+
 def test_a_budget_that_fits_leaves_the_schedule_to_the_iterations(tmp_path, tiny):
     """Two runs with the same seed and a time budget they do not reach give identical weights (no --deterministic):
     the learning rate never depends on the clock."""
