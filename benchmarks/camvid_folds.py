@@ -105,7 +105,7 @@ def run_fold(args: argparse.Namespace, held_out: str, seed: int) -> dict:
               "train_seconds": round(ckpt.get("used_time", 0.0), 1), **scores(metrics),
               "protocol": metrics.get("protocol"), "run": str(run),
               "commands": ["fcnseg " + shlex.join(argv), "fcnseg " + shlex.join(eval_argv)]}
-    if "raw_model" in ckpt:  # a run with ema_decay: its last training weights are the same recipe without the average
+    if "raw_model" in ckpt:  # a run with ema_decay: its last training weights are the recipe without the average
         raw_argv = ["evaluate", str(last), "--split", "trainval", "--no-ema", "--out", str(run / "eval-heldout-last")]
         result["last_weights"] = scores(score(last, raw_argv))
         result["commands"].append("fcnseg " + shlex.join(raw_argv))
